@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import random
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -57,7 +58,7 @@ def make_store(tmp_path: Path, data_dir: Path, clock: FakeClock):
 def test_upload_is_unreadable_just_after_deadline_and_gone_from_disk_after_sweep(make_store, clock, data_dir):
     store = make_store(upload_ttl_s=60)
     rec = store.put_upload("user-a", png(1), "image/png")
-    assert rec.expires_at == clock() + __import__("datetime").timedelta(seconds=60)
+    assert rec.expires_at == clock() + timedelta(seconds=60)
     clock.advance(59.999)
     assert store.get_upload("user-a", rec.id)[1] == png(1)
     assert len(blob_files(data_dir)) == 1
