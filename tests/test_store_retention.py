@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import random
 from datetime import timedelta
 from pathlib import Path
@@ -183,7 +184,8 @@ def test_ttl_from_environment_sets_the_deadline(monkeypatch, tmp_path, clock):
         store.close()
 
 
-def test_background_sweeper_deletes_expired_content_and_stops(make_store, clock, data_dir):
+def test_background_sweeper_deletes_expired_content_and_stops(make_store, clock, data_dir, caplog):
+    caplog.set_level(logging.INFO, logger="pexir_tryon.store")
     store = make_store(upload_ttl_s=1)
     store.put_upload("user-a", png(10), "image/png")
     clock.advance(2)
@@ -200,3 +202,4 @@ def test_background_sweeper_deletes_expired_content_and_stops(make_store, clock,
 
     asyncio.run(main())
     assert blob_files(data_dir) == []
+    assert any(getattr(r, "sweep_uploads", 0) == 1 for r in caplog.records)  # it says what it deleted

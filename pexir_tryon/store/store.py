@@ -137,7 +137,7 @@ class TryOnStore:
             raise ValueError("the store clock must return timezone-aware datetimes")
         return t.astimezone(timezone.utc)
 
-    def _write_then_insert(self, kind: str, record_id: str, now: datetime, data: bytes, insert: Callable[[Session], object]):
+    def _write_then_insert(self, kind: str, record_id: str, now: datetime, data: bytes, insert: Callable[[Session, str], object]):
         key = blob_key(kind, record_id, int(now.timestamp()))
         self.blobs.put(key, self._cipher.encrypt(record_id, bytes(data)))
         try:

@@ -31,7 +31,8 @@ async def run_sweeper(store: TryOnStore, interval_s: float, stop_event: asyncio.
         except Exception:
             log.exception("sweep failed; retrying at the next interval")
         else:
-            log.info("sweep done", extra={"sweep": report.to_json()})
+            level = logging.INFO if report.total else logging.DEBUG
+            log.log(level, "sweep done", extra={"sweep_" + k: v for k, v in report.to_json().items()})
         try:
             await asyncio.wait_for(stop_event.wait(), timeout=interval_s)
         except asyncio.TimeoutError:
