@@ -1,0 +1,186 @@
+"""`pexir-tryon run | serve | bench | rerender | purge | models`.
+
+Rejected inputs exit non-zero with one line `error[<code>]: <message>` on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import TryOnError
+
+EXIT_REJECTED = 2
+EXIT_FAILED = 1
+
+
+def _read_image(spec: str, settings, *, what: str, keep_alpha: bool):
+    from .images import decode_image
+    from .samples import load_sample
+
+    if spec.startswith("sample:"):
+        try:
+            return load_sample(spec)
+        except KeyError as exc:
+            raise TryOnError("invalid_request", str(exc.args[0])) from None
+    path = Path(spec)
+    if not path.is_file():
+        raise TryOnError("invalid_request", f"The {what} file {spec!r} does not exist.")
+    size = path.stat().st_size
+    if size > settings.images.max_upload_bytes:
+        raise TryOnError("image_too_large", f"The {what} file is {size} bytes; the limit is {settings.images.max_upload_bytes} bytes.")
+    return decode_image(path.read_bytes(), settings.images, what=what, keep_alpha=keep_alpha)
+
+
+def cmd_run(args) -> int:
+    from .config import get_settings
+    from .images import encode_jpeg, encode_png
+    from .pipeline import TryOnPipeline
+
+    settings = get_settings()
+    if args.category not in ("upper", "lower", "dress", "auto"):
+        raise TryOnError("unsupported_category", f"Unknown category {args.category!r}; use one of: upper, lower, dress, auto.")
+    person = _read_image(args.person, settings, what="person", keep_alpha=False)
+    garment = _read_image(args.garment, settings, what="garment", keep_alpha=True)
+    started = time.perf_counter()
+    pipeline = TryOnPipeline.from_settings(settings, device=args.device)
+    loaded = time.perf_counter()
+    result = pipeline(person, garment, category=args.category, seed=args.seed, steps=args.steps)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    data = encode_jpeg(result.image) if out.suffix.lower() in (".jpg", ".jpeg") else encode_png(result.image)
+    out.write_bytes(data)
+    stages = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in result.timings_s.items())
+    print(
+        f"wrote {out} ({result.image.shape[1]}x{result.image.shape[0]}, category {result.category}, "
+        f"{'refined' if result.refined else 'not refined: no refiner configured'}; load {loaded - started:.1f} s; {stages})",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .serve.launch import serve_forever
+
+    return serve_forever(config_path=args.config, host=args.host, port=args.port)
+
+
+def cmd_purge(args) -> int:
+    from .config import get_settings
+    from .store import purge_user_command
+
+    report = purge_user_command(get_settings(), args.user)
+    print(report)
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .refine.manifest import fetch_model
+
+    fetch_model(args.name, Path(args.dest))
+    return 0
+
+
+def cmd_rerender(args) -> int:
+    from .batch.rerender import rerender_command
+
+    return rerender_command(args)
+
+
+def cmd_bench(args) -> int:
+    from benchmarks_entry import main as bench_main  # noqa: F401  (replaced below)
+
+    return bench_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pexir-tryon", description="Image virtual try-on: a person photo and a garment photo in, the person wearing the garment out.")
+    parser.add_argument("--native-logs", action="store_true", help="let MediaPipe/TFLite print their C++ logs to stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="try a garment on a person photo, in-process")
+    run.add_argument("person", help="person photo path, or sample:astronaut | sample:grace_hopper | sample:camera")
+    run.add_argument("garment", help="garment photo path (flat lay or cut-out PNG), or sample:tshirt | sample:longsleeve | sample:dress | sample:trousers | ...")
+    run.add_argument("-o", "--output", required=True, help="output image (.png or .jpg)")
+    run.add_argument("--category", default="auto", help="upper | lower | dress | auto (default: auto)")
+    run.add_argument("--seed", type=int, default=0, help="seed for the refiner (default 0)")
+    run.add_argument("--steps", type=int, default=None, help="refiner steps (default from config)")
+    run.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default from config)")
+    run.set_defaults(func=cmd_run)
+
+    serve = sub.add_parser("serve", help="serve the HTTP API with Ray Serve")
+    serve.add_argument("--config", default=None, help="Serve config YAML (default: the packaged serve_config.yaml)")
+    serve.add_argument("--host", default=None, help="bind address (default from config: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default from config: 8000)")
+    serve.set_defaults(func=cmd_serve)
+
+    purge = sub.add_parser("purge", help="delete every image and record of one user")
+    purge.add_argument("--user", required=True, help="the user id")
+    purge.set_defaults(func=cmd_purge)
+
+    models = sub.add_parser("models", help="manage refiner weights")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    fetch = models_sub.add_parser("fetch", help="download a refiner listed in models/ and verify its checksums")
+    fetch.add_argument("name")
+    fetch.add_argument("--dest", default="models/weights", help="directory to place the model in")
+    fetch.set_defaults(func=cmd_models)
+
+    rerender = sub.add_parser("rerender", help="batch re-render a manifest of person x garment rows on Ray Data")
+    rerender.add_argument("manifest", help="CSV, JSONL or Parquet with id, person, garment, category, seed")
+    rerender.add_argument("--out", required=True, help="output directory or fsspec URL")
+    rerender.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray)")
+    rerender.add_argument("--backend", default="local", choices=["local", "alibaba"])
+    rerender.add_argument("--concurrency", type=int, default=None, help="actors in the pool (default: one per 2 CPUs or per GPU)")
+    rerender.set_defaults(func=cmd_rerender)
+
+    bench = sub.add_parser("bench", help="run the benchmark suite (see benchmarks/)")
+    bench.add_argument("--quick", action="store_true", help="a short run (under two minutes on a laptop)")
+    bench.add_argument("--only", default=None, help="comma-separated: stages,serving,load,refiner,cold_start,batch")
+    bench.add_argument("--out", default="benchmarks/results", help="where to write JSON, plots and the summary")
+    bench.add_argument("--device", default=None)
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def _silence_native_stderr() -> None:
+    """MediaPipe/TFLite print C++ log lines straight to fd 2. Send fd 2 to /dev/null and keep
+    Python's stderr on a copy of the real one, so the CLI's own output (and error line) stays clean."""
+    try:
+        real = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        sys.stderr = os.fdopen(real, "w", buffering=1)
+    except OSError:  # pragma: no cover - no fd 2 (embedded use)
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ logs
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    if not args.native_logs:
+        _silence_native_stderr()
+    from .config import get_settings
+    from .logs import configure_logging
+
+    try:
+        configure_logging(get_settings().log_level)
+        return args.func(args)
+    except TryOnError as error:
+        print(error.cli_line(), file=sys.stderr)
+        return EXIT_REJECTED
+    except Exception as exc:  # noqa: BLE001 - settings errors etc.: one clear line, no traceback of data
+        from pydantic import ValidationError
+
+        if isinstance(exc, ValidationError):
+            print(f"error[invalid_request]: invalid settings: {exc.errors()[0].get('loc')} {exc.errors()[0].get('msg')}", file=sys.stderr)
+            return EXIT_REJECTED
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Composite the warped garment onto the person, keeping the face, hair and hands in front."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from ..config import GarmentSettings
+from ..geometry.types import HAND_LANDMARKS, Landmark, PersonGeometry
+
+
+def protected_region(geometry: PersonGeometry, person_mask: np.ndarray) -> np.ndarray:
+    """Pixels the garment must never cover: the face (box and outline), the head and hair above the chin, the hands."""
+    height, width = geometry.image_size
+    protect = np.zeros((height, width), dtype=np.uint8)
+    if geometry.face_box is not None:
+        x0, y0, x1, y1 = geometry.face_box
+        pad_x, pad_y = 0.06 * (x1 - x0), 0.06 * (y1 - y0)
+        cv2.rectangle(protect, (int(x0 - pad_x), int(y0 - pad_y)), (int(np.ceil(x1 + pad_x)), int(np.ceil(y1 + pad_y))), 1, cv2.FILLED)
+        # Head and hair: the person's pixels above the chin, across a band wider than the face.
+        chin = int(np.ceil(y1 + pad_y))
+        band = np.zeros_like(protect)
+        cx, half = 0.5 * (x0 + x1), 0.9 * (x1 - x0)
+        band[: max(0, chin), max(0, int(cx - half)) : min(width, int(cx + half) + 1)] = 1
+        protect |= band & (person_mask > 127)
+    if geometry.face_outline is not None:
+        cv2.fillConvexPoly(protect, cv2.convexHull(geometry.face_outline.astype(np.int32)), 1)
+    scale = _body_scale(geometry)
+    for indices in HAND_LANDMARKS.values():
+        visible = [geometry.point(i) for i in indices if geometry.visible(i)]
+        if len(visible) < 2:
+            continue
+        points = np.array(visible, dtype=np.float32)
+        reach = float(np.max(np.linalg.norm(points - points[0], axis=1)))
+        hull = cv2.convexHull(points.astype(np.int32))
+        hand = np.zeros_like(protect)
+        cv2.fillConvexPoly(hand, hull, 1)
+        radius = int(max(3, 0.6 * reach + 0.04 * scale))
+        hand = cv2.dilate(hand, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1)))
+        protect |= hand & (person_mask > 127)
+    return protect.astype(bool)
+
+
+def _body_scale(geometry: PersonGeometry) -> float:
+    if geometry.all_visible(Landmark.LEFT_SHOULDER, Landmark.RIGHT_SHOULDER):
+        return float(np.linalg.norm(geometry.point(Landmark.LEFT_SHOULDER) - geometry.point(Landmark.RIGHT_SHOULDER)))
+    return 0.2 * max(geometry.image_size)
+
+
+def composite(
+    person: np.ndarray,
+    garment_rgb: np.ndarray,
+    garment_alpha: np.ndarray,
+    geometry: PersonGeometry,
+    settings: GarmentSettings,
+    working_scale: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(composite RGB uint8, refine mask uint8 0/255, garment mask uint8 0/255), all at the person's size.
+
+    Pixels where the garment is not placed come back bit-identical to the person photo.
+    """
+    height, width = person.shape[:2]
+    person_mask = geometry.person_mask_at(height, width)
+    margin = max(1, int(round(settings.person_margin_px / max(working_scale, 1e-6))))
+    allowed = cv2.dilate((person_mask > 127).astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1,) * 2)) > 0
+    protect = protected_region(geometry, person_mask)
+
+    alpha = garment_alpha.astype(np.float32) * allowed
+    if settings.edge_feather_px > 0:
+        sigma = settings.edge_feather_px / max(working_scale, 1e-6)
+        alpha = cv2.GaussianBlur(alpha, (0, 0), sigma) * allowed
+    alpha[protect] = 0.0
+
+    garment = garment_rgb.astype(np.float32)
+    if settings.shading_strength > 0:
+        garment *= _shading(person, _body_scale(geometry), settings.shading_strength)[..., None]
+    blended = person.astype(np.float32) * (1.0 - alpha[..., None]) + garment * alpha[..., None]
+    out = np.where(alpha[..., None] > 0, np.clip(blended + 0.5, 0, 255).astype(np.uint8), person)
+
+    placed = alpha > 0.5
+    seam = max(1, int(round(settings.refine_seam_px / max(working_scale, 1e-6))))
+    refine = cv2.dilate((alpha > 0.02).astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * seam + 1,) * 2)) > 0
+    refine &= allowed & ~protect
+    return np.ascontiguousarray(out), refine.astype(np.uint8) * 255, placed.astype(np.uint8) * 255
+
+
+def _shading(person: np.ndarray, body_scale: float, strength: float) -> np.ndarray:
+    """The person's local light and folds as a multiplier around 1 (fine detail over broad light)."""
+    gray = cv2.cvtColor(person, cv2.COLOR_RGB2GRAY).astype(np.float32) + 8.0
+    fine = cv2.GaussianBlur(gray, (0, 0), max(1.0, 0.01 * body_scale))
+    broad = cv2.GaussianBlur(gray, (0, 0), max(2.0, 0.25 * body_scale))
+    ratio = np.clip(fine / broad, 0.7, 1.3)
+    return 1.0 + strength * (ratio - 1.0)
