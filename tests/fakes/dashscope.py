@@ -273,6 +273,7 @@ class FakeDashScope:
         self.oss = oss
         self.lock = threading.RLock()
         self.api_base = ""  # http://127.0.0.1:<port>
+        self._http: httpx.AsyncClient | None = None
         self.reset()
 
     # -- configuration ----------------------------------------------------------------------
@@ -405,9 +406,10 @@ class FakeDashScope:
             if obj["model"] != model:
                 return None, ("InvalidParameter", MSG["auth_media"])
             return obj["data"], None
+        if self._http is None:  # created in the server's loop, reused (a client per fetch is slow)
+            self._http = httpx.AsyncClient(timeout=5.0)
         try:
-            async with httpx.AsyncClient(timeout=5.0) as client:
-                resp = await client.get(url)
+            resp = await self._http.get(url)
         except httpx.HTTPError:
             return None, ("InvalidParameter", MSG["timeout_media"])
         if resp.status_code != 200:
@@ -715,6 +717,7 @@ class _ServerThread:
     def __init__(self, app: FastAPI) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted sockets inherit it
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", loop="asyncio", http="h11")

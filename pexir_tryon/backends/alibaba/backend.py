@@ -18,6 +18,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import httpx
+
 from pexir_tryon.backends.base import TryOnJob, TryOnResult
 from pexir_tryon.config import AlibabaSettings
 from pexir_tryon.errors import TryOnError
@@ -89,6 +91,7 @@ class AlibabaCloudBackend:
         cancel_timeout_s: float = 5.0,
         purge_wait_s: float = 10.0,
         lease_margin_s: float = 60.0,
+        http_transport: httpx.AsyncBaseTransport | None = None,
     ):
         if settings.use_refiner and settings.refiner_gender is None:
             raise TryOnError(
@@ -113,6 +116,7 @@ class AlibabaCloudBackend:
             sleep=sleep,
             rng=self._rng,
             secrets=self._secrets,
+            transport=http_transport,
         )
         self.uploader = uploader if uploader is not None else make_uploader(settings)
         self.limiter = limiter if limiter is not None else default_limiter(settings.max_submits_per_s, settings.max_concurrent_tasks)

@@ -116,16 +116,24 @@ class DashScopeClient:
         before_attempt: Callable[[float], Awaitable[None]] | None = None,
     ):
         attempt = 0
+        last: _Retryable | None = None
         while True:
-            if self._clock() >= deadline:
-                raise DeadlineReached(what)
-            if before_attempt is not None:
-                await before_attempt(deadline)
+            try:
+                if self._clock() >= deadline:
+                    raise DeadlineReached(what)
+                if before_attempt is not None:
+                    await before_attempt(deadline)
+            except DeadlineReached:
+                # Out of time between attempts: if the provider was failing, that is the story.
+                if last is not None:
+                    raise self._exhausted(last) from None
+                raise
             try:
                 return await attempt_fn(self._attempt_timeout(deadline))
             except _Retryable as failure:
                 if failure.timed_out and self._clock() >= deadline - 1e-3:
                     raise DeadlineReached(what) from None  # cut short by our deadline, not the provider
+                last = failure
                 delay = self.retry.backoff(attempt, self._rng)
                 if failure.retry_after is not None:
                     delay = max(delay, min(failure.retry_after, self.retry.max_s))
@@ -138,10 +146,14 @@ class DashScopeClient:
                     attempt, delay,
                 )
                 if self._clock() + delay >= deadline:
-                    if failure.status is not None:
-                        raise map_provider_error(failure.code, None, failure.status) from None
-                    raise TryOnError("provider_error", f"The Alibaba Cloud provider could not be reached ({failure.what}); retry later.", retry_after_s=5) from None
+                    raise self._exhausted(failure) from None
                 await self._sleep(delay)
+
+    @staticmethod
+    def _exhausted(failure: _Retryable) -> TryOnError:
+        if failure.status is not None:
+            return map_provider_error(failure.code, None, failure.status)
+        return TryOnError("provider_error", f"The Alibaba Cloud provider could not be reached ({failure.what}); retry later.", retry_after_s=5)
 
     def _raise_for_answer(self, what: str, resp: httpx.Response) -> None:
         """Retryable answers raise _Retryable; other errors raise a mapped TryOnError."""
