@@ -17,15 +17,16 @@ class ErrorKind:
     what_to_do: str
 
 
-# The one table of error codes. README's error table is generated from it (scripts/error_table.py).
+# The one table of error codes. docs/errors.md is generated from it (scripts/error_table.py --write);
+# a test fails when the two differ. Codes are stable: add new ones, never rename or remove one.
 ERROR_KINDS: dict[str, ErrorKind] = {
     k.code: k
     for k in [
         ErrorKind("invalid_request", 422, "Fix the named field: it is missing, of the wrong type or out of range."),
         ErrorKind("invalid_image", 400, "Send a complete JPEG, PNG, WebP, HEIC, BMP or GIF file; this one is empty, truncated or not an image."),
-        ErrorKind("unsupported_image", 415, "Send a still image; animated images and multi-page files are not accepted."),
-        ErrorKind("image_too_large", 413, "Send an image with fewer pixels or a smaller longest side (see the limits in the message)."),
-        ErrorKind("image_too_small", 422, "Send a larger image (see the minimum side in the message)."),
+        ErrorKind("unsupported_image", 415, "Send one still JPEG, PNG, WebP, HEIC, BMP or GIF image; animated images and other formats (TIFF, AVIF, SVG, PSD, ...) are not accepted."),
+        ErrorKind("image_too_large", 413, "Send a smaller image: a smaller file, fewer pixels, a shorter longest side or a less elongated shape (the limits are in the message)."),
+        ErrorKind("image_too_small", 422, "Send a larger image: each side at least the minimum in the message, and not a thin strip."),
         ErrorKind("payload_too_large", 413, "The request body is over the size limit; send smaller files."),
         ErrorKind("no_person_detected", 422, "Send a photo with one person clearly visible, facing the camera."),
         ErrorKind("multiple_people", 422, "Send a photo with exactly one person in it."),
@@ -88,7 +89,9 @@ def _rebuild(code: str, message: str, retry_after_s: int | None) -> TryOnError:
 
 
 def error_table_markdown() -> str:
+    """Every error code, its HTTP status and what the user should do, as a markdown table."""
     lines = ["| code | HTTP | what to do |", "|---|---|---|"]
     for kind in ERROR_KINDS.values():
-        lines.append(f"| `{kind.code}` | {kind.http_status} | {kind.what_to_do} |")
+        what_to_do = kind.what_to_do.replace("|", "\\|")
+        lines.append(f"| `{kind.code}` | {kind.http_status} | {what_to_do} |")
     return "\n".join(lines)
