@@ -176,9 +176,11 @@ def _run_pool(todo, results: ResultsLog, summary: RerenderSummary, *, settings, 
 
     pool = plan_pool(ray.cluster_resources(), backend=backend, concurrency=concurrency, device_setting=settings.device)
     actors = min(pool.actors, len(todo))
-    echo(f"rerender: {actors} {backend} actor(s), {pool.num_cpus:g} CPU and {pool.num_gpus:g} GPU each, batches of {batch_size}")
-    batch_size = max(1, batch_size)
+    # One block = one batch = one task, so results come back (and are recorded) batch by batch;
+    # small jobs get smaller batches so that every actor has work.
+    batch_size = max(1, min(batch_size, math.ceil(len(todo) / actors)))
     blocks = max(1, min(MAX_BLOCKS, math.ceil(len(todo) / batch_size)))
+    echo(f"rerender: {actors} {backend} actor(s), {pool.num_cpus:g} CPU and {pool.num_gpus:g} GPU each, batches of {batch_size}")
 
     context = DataContext.get_current()
     saved = context.enable_progress_bars

@@ -1,4 +1,4 @@
-"""Batch re-render, the parts that need no Ray: manifests, the results log, the resume plan, pool sizing."""
+"""Batch re-render, the parts that need no Ray: manifests, the results log, the resume plan, the worker, pool sizing."""
 
 from __future__ import annotations
 
@@ -210,3 +210,75 @@ def test_pool_uses_one_gpu_per_actor_when_the_cluster_has_gpus_else_cpus():
     assert forced_cpu.num_gpus == 0.0
     cloud = plan_pool({"CPU": 8.0, "GPU": 2.0}, backend="alibaba", concurrency=None, device_setting="auto")
     assert (cloud.actors, cloud.num_gpus) == (1, 0.0)
+
+
+class _FakeBackend:
+    name = "fake"
+
+    def __init__(self, fail: Exception | None = None):
+        self.fail = fail
+        self.jobs = []
+
+    async def try_on(self, job):
+        import numpy as np
+
+        from pexir_tryon.backends.base import TryOnResult
+
+        self.jobs.append((job.request_id, job.category, job.seed, job.person.shape, job.garment.shape))
+        if self.fail is not None:
+            raise self.fail
+        return TryOnResult(image=np.full(job.person.shape, job.seed % 256, dtype=np.uint8), category="upper", backend="fake", timings_s={"stage": 0.5})
+
+    async def close(self):
+        pass
+
+
+def _worker(tmp_path, backend):
+    import asyncio
+
+    from pexir_tryon.batch.results import out_location
+    from pexir_tryon.batch.worker import RerenderWorker
+    from pexir_tryon.config import Settings
+
+    worker = RerenderWorker.__new__(RerenderWorker)  # the real __init__ loads a pipeline; the rest is what runs
+    worker.settings, worker.backend_name, worker.backend = Settings(), "fake", backend
+    worker.fs, worker.root = out_location(str(tmp_path))
+    worker._loop = asyncio.new_event_loop()
+    worker._rows = asyncio.Semaphore(1)
+    return worker
+
+
+def test_worker_writes_each_output_and_turns_every_row_failure_into_a_record(tmp_path):
+    import numpy as np
+
+    backend = _FakeBackend()
+    worker = _worker(tmp_path, backend)
+    rows = {
+        "id": np.array(["ok", "hat", "gone"], dtype=object),
+        "person": np.array(["sample:astronaut", "sample:astronaut", str(tmp_path / "none.jpg")], dtype=object),
+        "garment": np.array(["sample:tshirt"] * 3, dtype=object),
+        "category": np.array(["upper", "hat", "upper"], dtype=object),
+        "seed": np.array(["5", "", ""], dtype=object),
+        "fingerprint": np.array(["f1", "f2", "f3"], dtype=object),
+    }
+    records = [json.loads(text) for text in worker(rows)["record"]]
+    worker.close()
+    assert [(r["id"], r["status"], r["error_code"]) for r in records] == [
+        ("ok", "done", None), ("hat", "failed", "unsupported_category"), ("gone", "failed", "invalid_request")]
+    assert backend.jobs == [("batch-ok", "upper", 5, (512, 512, 3), (700, 600, 3))]
+    assert records[0]["output"] == str(tmp_path / "ok.png") and records[0]["fingerprint"] == "f1"
+    assert set(records[0]["timings"]) == {"read", "stage", "write", "total"}
+    from PIL import Image
+
+    with Image.open(tmp_path / "ok.png") as image:
+        assert image.size == (512, 512) and image.getpixel((0, 0)) == (5, 5, 5)
+
+
+def test_an_unexpected_exception_is_a_failed_row_not_a_dead_actor(tmp_path):
+    worker = _worker(tmp_path, _FakeBackend(fail=RuntimeError("boom /private/path secret")))
+    row = {"id": "x", "person": "sample:grace_hopper", "garment": "sample:dress", "category": "dress", "seed": "1", "fingerprint": "f"}
+    record = worker._loop.run_until_complete(worker.render_row(row))
+    worker.close()
+    assert (record["status"], record["error_code"], record["output"]) == ("failed", "internal_error", None)
+    assert "RuntimeError" in record["error_message"] and "secret" not in record["error_message"]
+    assert not (tmp_path / "x.png").exists()
