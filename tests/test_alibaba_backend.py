@@ -750,3 +750,115 @@ def test_from_settings(fake_dashscope):
     assert isinstance(backend.limiter, InProcessAccountLimiter)  # no Ray initialised here
     assert backend.limiter.max_concurrent_tasks == 5 and backend.limiter.max_submits_per_s == 10
     asyncio.run(backend.close())
+
+
+# -- OSS trouble ------------------------------------------------------------------------------
+
+
+def test_caller_gives_up_during_upload_leaves_nothing(fake_dashscope):
+    fake = fake_dashscope
+    fake.oss.put_delay_s = 0.3
+
+    async def go():
+        backend = make_backend(fake, deadline_s=30)
+        task = asyncio.ensure_future(backend.try_on(job()))
+        assert await asyncio.to_thread(fake.wait_for, lambda f: any(m == "PUT" for m, _ in f.oss.requests))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await backend.close()
+
+    asyncio.run(go())
+    assert fake.submits == []
+    assert fake.bucket_objects() == []
+    puts = {p for m, p in fake.oss.requests if m == "PUT"}
+    deletes = {p for m, p in fake.oss.requests if m == "DELETE"}
+    assert puts and puts <= deletes
+
+
+def test_upload_failure_is_provider_error_and_leaves_nothing(fake_dashscope):
+    fake = fake_dashscope
+    fake.oss.fail_puts = 100
+    with pytest.raises(TryOnError) as info:
+        run_one(fake)
+    assert info.value.code == "provider_error"
+    assert fake.submits == [] and fake.bucket_objects() == []
+
+
+def test_failing_deletes_are_retried(fake_dashscope):
+    fake = fake_dashscope
+    fake.oss.fail_deletes = 2
+    run_one(fake)
+    assert_bucket_clean(fake)
+
+
+def test_deadline_while_queued_for_a_slot(fake_dashscope):
+    fake = fake_dashscope
+    fake.stall_in = "PENDING"
+    limiter = InProcessAccountLimiter(100, 1)
+
+    async def go():
+        backend = make_backend(fake, limiter=limiter, deadline_s=0.6)
+        first = asyncio.ensure_future(backend.try_on(job("first")))
+        assert await asyncio.to_thread(fake.wait_for, lambda f: f.tasks)
+        backend.settings = backend.settings.model_copy(update={"deadline_s": 0.1})
+        with pytest.raises(TryOnError) as info:
+            await backend.try_on(job("second"))
+        assert info.value.code == "deadline_exceeded" and "slot" in info.value.message
+        outcome = await asyncio.gather(first, return_exceptions=True)
+        await backend.close()
+        return outcome
+
+    (first,) = asyncio.run(go())
+    assert isinstance(first, TryOnError) and first.code == "deadline_exceeded"
+    assert len(fake.submits) == 1
+    assert_bucket_clean(fake)
+
+
+def test_close_with_jobs_in_flight(fake_dashscope):
+    fake = fake_dashscope
+    fake.stall_in = "PENDING"
+
+    async def go():
+        backend = make_backend(fake, deadline_s=30)
+        task = asyncio.ensure_future(backend.try_on(job()))
+        assert await asyncio.to_thread(fake.wait_for, lambda f: f.tasks)
+        await backend.close()
+        return await asyncio.gather(task, return_exceptions=True)
+
+    (outcome,) = asyncio.run(go())
+    assert isinstance(outcome, TryOnError) and outcome.code == "stage_unavailable"
+    assert fake.statuses() == ["CANCELED"]
+    assert_bucket_clean(fake)
+
+
+def test_caller_gives_up_mid_submit_task_still_cancelled(fake_dashscope):
+    """The provider queued the task but its answer has not arrived when the caller gives up."""
+    fake = fake_dashscope
+    fake.stall_in = "PENDING"
+    fake.delay_after_submit_s = 0.3
+
+    async def go():
+        backend = make_backend(fake, deadline_s=30)
+        task = asyncio.ensure_future(backend.try_on(job()))
+        assert await asyncio.to_thread(fake.wait_for, lambda f: f.tasks)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await backend.close()
+
+    asyncio.run(go())
+    assert fake.statuses() == ["CANCELED"]
+    assert_bucket_clean(fake)
+
+
+def test_slow_http_answers_hit_our_deadline(fake_dashscope):
+    fake = fake_dashscope
+    fake.response_delay_s = {"poll": 2.0}
+    t0 = time.monotonic()
+    with pytest.raises(TryOnError) as info:
+        run_one(fake, deadline_s=0.5)
+    assert info.value.code == "deadline_exceeded"
+    assert time.monotonic() - t0 < 3
+    assert fake.statuses() == ["CANCELED"]
+    assert_bucket_clean(fake)

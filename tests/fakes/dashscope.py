@@ -150,6 +150,7 @@ class FakeOss:
             self.expire_presigned = False  # every presigned GET answers 403 "Request has expired"
             self.fail_puts = 0  # the next N PUTs answer 500
             self.fail_deletes = 0  # the next N DELETEs answer 500
+            self.put_delay_s = 0.0  # a slow upload
             self.requests: list[tuple[str, str]] = []  # (method, path), never queries
 
     def objects(self, bucket: str) -> list[str]:
@@ -240,6 +241,8 @@ class FakeOss:
             rid = uuid.uuid4().hex[:24].upper()
             if method == "PUT":
                 data = await request.body()
+                if self.put_delay_s:
+                    await asyncio.sleep(self.put_delay_s)
                 with self.lock:
                     if self.fail_puts > 0:
                         self.fail_puts -= 1
@@ -300,7 +303,8 @@ class FakeDashScope:
             self.refiner_requires_top = True  # the OpenAPI file's reading of the refiner schema
             self.policy_numbers_as_strings = False
             self.parsing_absent: set[str] = set()
-            self.response_delay_s: dict[str, float] = {}
+            self.response_delay_s: dict[str, float] = {}  # per route, before the request is handled
+            self.delay_after_submit_s = 0.0  # the task exists, the answer is slow
             self.fail_rules: list[FailRule] = []
             self.tasks: dict[str, FakeTask] = {}
             self.submits: list[dict] = []
@@ -603,6 +607,8 @@ class FakeDashScope:
                 self.tasks[task.task_id] = task
                 self.submits.append({"model": model, "input": dict(inp), "parameters": dict(params), "oss_resolve": resolve, "task_id": task.task_id})
                 self.max_active_seen = max(self.max_active_seen, self._active(key))
+            if self.delay_after_submit_s:
+                await asyncio.sleep(self.delay_after_submit_s)
             return {"output": {"task_status": "PENDING", "task_id": task.task_id}, "request_id": str(uuid.uuid4())}
 
         app.add_api_route("/api/v1/services/aigc/image2image/image-synthesis", submit, methods=["POST"])

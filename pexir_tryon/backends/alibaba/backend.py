@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -24,13 +25,16 @@ from pexir_tryon.backends.base import TryOnJob, TryOnResult
 from pexir_tryon.config import AlibabaSettings
 from pexir_tryon.errors import TryOnError
 
-from .client import FINAL_STATES, DashScopeClient, DeadlineReached, RetryPolicy
+from .client import FINAL_STATES, AttemptGuard, DashScopeClient, DeadlineReached, RetryPolicy
 from .limiter import AccountLimiter, default_limiter
 from .logfilter import install_signed_url_filter
 from .prepare import PreparedImage, prepare_for_provider, restore_result
 from .provider_errors import map_provider_error, safe_code, scrub
 from .secrets import resolve_api_key, secret_values
 from .uploaders import DashScopeTempUploader, InputUploader, OssUploader, UploadedInput
+
+if TYPE_CHECKING:
+    from pexir_tryon.config import Settings
 
 log = logging.getLogger("pexir_tryon.backends.alibaba")
 
@@ -93,6 +97,21 @@ class AlibabaCloudBackend:
         lease_margin_s: float = 60.0,
         http_transport: httpx.AsyncBaseTransport | None = None,
     ):
+        """
+        Args:
+            settings: the `alibaba` section of the settings (key, URLs, model, intervals, limits).
+            uploader: how inputs reach the provider; default `make_uploader(settings)`.
+            limiter: account-wide limits; default `default_limiter(...)` (Ray actor under Ray).
+            clock, sleep, rng: injectable time and randomness (tests).
+            retry_base_s, retry_max_s: jittered backoff for 429/5xx/network errors.
+            cancel_timeout_s: how long one cancel call may take during cleanup.
+            purge_wait_s: how long purge_user/close wait for a job's cleanup.
+            lease_margin_s: a task slot's lease outlives the deadline by this much.
+            http_transport: an httpx transport for the provider calls (tests, proxies).
+        Raises:
+            TryOnError("backend_misconfigured") when the key, the upload target or the refiner
+            gender is missing (the message names the setting, never a value).
+        """
         if settings.use_refiner and settings.refiner_gender is None:
             raise TryOnError(
                 "backend_misconfigured",
@@ -107,6 +126,7 @@ class AlibabaCloudBackend:
         self._cancel_timeout_s = cancel_timeout_s
         self._purge_wait_s = purge_wait_s
         self._lease_margin_s = lease_margin_s
+        self.uploader = uploader if uploader is not None else make_uploader(settings)
         self.client = DashScopeClient(
             settings.base_url,
             api_key,
@@ -118,15 +138,20 @@ class AlibabaCloudBackend:
             secrets=self._secrets,
             transport=http_transport,
         )
-        self.uploader = uploader if uploader is not None else make_uploader(settings)
         self.limiter = limiter if limiter is not None else default_limiter(settings.max_submits_per_s, settings.max_concurrent_tasks)
         self._inflight: dict[str, set[_Inflight]] = {}
         self._background: set[asyncio.Task] = set()
+        self._closing = False
         install_signed_url_filter()
 
     @classmethod
-    def from_settings(cls, settings, **kwargs) -> "AlibabaCloudBackend":
-        """Build from the application's `Settings` (uses its `alibaba` section)."""
+    def from_settings(cls, settings: "Settings", **kwargs) -> "AlibabaCloudBackend":
+        """Build from the application's `Settings` (its `alibaba` section).
+
+        The uploader is the operator's OSS bucket (or DashScope temp storage when opted in and
+        no bucket is set); the limiter is the shared Ray actor when Ray is initialised in this
+        process (a Serve replica), else in-process. `kwargs` go to the constructor.
+        """
         return cls(settings.alibaba, **kwargs)
 
     def __repr__(self) -> str:
@@ -147,6 +172,8 @@ class AlibabaCloudBackend:
             caller_cancelled = current is not None and getattr(current, "cancelling", lambda: 1)() > 0
             if rec.purged and not caller_cancelled:
                 raise TryOnError("not_found", "The user's data was deleted while this try-on was running.") from None
+            if self._closing and not caller_cancelled:
+                raise TryOnError("stage_unavailable", "The Alibaba Cloud backend is shutting down; retry.") from None
             raise
         finally:
             users = self._inflight.get(job.user_id)
@@ -179,6 +206,8 @@ class AlibabaCloudBackend:
         return count
 
     async def close(self) -> None:
+        """Cancel in-flight jobs (their tasks are cancelled and inputs deleted), then close clients."""
+        self._closing = True
         pending = [t for recs in self._inflight.values() for rec in recs for t in (rec.task,) if t is not None and not t.done()]
         for task in pending:
             task.cancel()
@@ -279,10 +308,27 @@ class AlibabaCloudBackend:
             except TimeoutError:
                 raise DeadlineReached("submit rate limit") from None
 
+        guard = AttemptGuard()
+        submit = asyncio.ensure_future(
+            self.client.submit(body, deadline=deadline, oss_resolve=oss_resolve, before_attempt=rate_token, guard=guard)
+        )
         try:
-            task_id = await self.client.submit(body, deadline=deadline, oss_resolve=oss_resolve, before_attempt=rate_token)
+            task_id = await asyncio.shield(submit)
         except DeadlineReached:
             raise self._deadline_error("submitting the task") from None
+        except asyncio.CancelledError:
+            # Giving up mid-submit: if a request is on the wire, its answer may name a task the
+            # provider already queued. Learn the id so the cleanup cancels that task.
+            guard.give_up = True
+            try:
+                if guard.in_attempt:
+                    await asyncio.wait({submit}, timeout=self.settings.http_timeout_s)
+                if submit.done() and not submit.cancelled() and submit.exception() is None:
+                    rec.task_ids[submit.result()] = "PENDING"
+            finally:
+                if not submit.done():
+                    submit.cancel()
+            raise
         rec.task_ids[task_id] = "PENDING"
         log.info("alibaba: submitted model=%s task=%s request_id=%s", model, task_id, job.request_id)
 

@@ -212,7 +212,7 @@ class _LimiterActor:
             return False
         return True
 
-    def limits(self) -> tuple[float, int]:
+    async def limits(self) -> tuple[float, int]:
         return self._limiter.max_submits_per_s, self._limiter.max_concurrent_tasks
 
 

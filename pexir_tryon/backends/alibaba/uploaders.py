@@ -81,6 +81,7 @@ class OssUploader:
         self.presign_ttl_s = settings.presign_ttl_s
         self.endpoint = settings.oss_endpoint
         self._client = client if client is not None else self._make_client(settings)
+        self._reapers: set[asyncio.Task] = set()
 
     def __repr__(self) -> str:
         return f"OssUploader(bucket={self.bucket!r}, endpoint={self.endpoint!r}, prefix={self.prefix!r})"
@@ -121,8 +122,17 @@ class OssUploader:
 
     async def upload(self, data: bytes, *, name: str, content_type: str, model: str) -> UploadedInput:
         key = f"{self.prefix}{uuid.uuid4().hex}/{name}"
+        put = asyncio.ensure_future(asyncio.to_thread(self._put_and_presign, key, data, content_type))
         try:
-            url = await asyncio.to_thread(self._put_and_presign, key, data, content_type)
+            url = await asyncio.shield(put)
+        except asyncio.CancelledError:
+            # The PUT runs on in its thread and may still land after we stop waiting: remove the
+            # object once it has finished, and wait for that (a second cancel stops only the wait).
+            reaper = asyncio.ensure_future(self._reap(put, key))
+            self._reapers.add(reaper)
+            reaper.add_done_callback(self._reapers.discard)
+            await asyncio.shield(reaper)
+            raise
         except Exception as exc:
             # SDK messages can carry request details; log the kind and codes only.
             log.error("alibaba: OSS upload failed: %s", _describe_oss_error(exc))
@@ -146,8 +156,16 @@ class OssUploader:
         log.error("alibaba: could not delete %s from OSS; the bucket lifecycle rule must expire it", item.key)
         return False
 
+    async def _reap(self, put: asyncio.Future, key: str) -> None:
+        try:
+            await put
+        except Exception:
+            pass  # failed PUT: delete anyway, deleting a missing object is harmless
+        await self.delete(UploadedInput(url="", key=key))
+
     async def close(self) -> None:
-        return None
+        if self._reapers:
+            await asyncio.wait(list(self._reapers), timeout=30)
 
 
 def _describe_oss_error(exc: BaseException) -> str:
@@ -181,7 +199,9 @@ class DashScopeTempUploader:
         self._api_key = resolve_api_key(settings)
         self._secrets = secret_values(settings, self._api_key)
         self.base_url = settings.base_url.rstrip("/")
-        self._http = http or httpx.AsyncClient(timeout=settings.http_timeout_s, follow_redirects=False)
+        from .client import shared_ssl_context
+
+        self._http = http or httpx.AsyncClient(timeout=settings.http_timeout_s, follow_redirects=False, verify=shared_ssl_context())
         self._own_http = http is None
         self._policy_margin_s = policy_margin_s
         self._policies: dict[str, tuple[float, dict]] = {}
