@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DAY_S = 24 * 3600
 
@@ -99,14 +99,18 @@ class AlibabaSettings(BaseModel):
 class ServeSettings(BaseModel):
     host: str = Field("127.0.0.1", description="Address the HTTP proxy binds; any non-loopback address needs API keys.")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
-    api_keys: list[SecretStr] = Field(default_factory=list, description="Accepted bearer keys; empty: loopback only, no key needed.")
     ray_address: str | None = Field(None, description="Ray cluster to join; unset starts a local Ray.")
     ray_auth_mode: Literal["disabled", "token"] = Field("disabled", description="Ray's own token auth (RAY_AUTH_MODE); 'token' for shared clusters.")
     object_spilling: bool = Field(False, description="Ray object spilling; off so geometry never reaches disk.")
     request_timeout_s: float = Field(120.0, gt=0, description="Whole-request deadline in the ingress.")
+    stage_timeout_s: float = Field(60.0, gt=0, description="Deadline of one call to a pipeline stage; a dead replica answers 503 instead of hanging.")
+    max_header_bytes: int = Field(16 * 1024, gt=0, description="Requests whose headers are longer are refused with 431.")
     body_read_timeout_s: float = Field(30.0, gt=0, description="A request body still arriving after this is refused (slow clients).")
-    max_ongoing_requests: int = Field(8, ge=1, description="Concurrent requests one ingress replica serves before queueing.")
-    max_queued_requests: int = Field(16, ge=0, description="Requests queued before answering 503 overloaded.")
+    max_ongoing_requests: int = Field(4, ge=1, description="Try-ons one ingress replica runs at once; more wait in its queue.")
+    max_queued_requests: int = Field(16, ge=0, description="Try-ons waiting per ingress replica before answering 503 overloaded.")
+    geometry_batch_size: int = Field(8, ge=1, description="Largest batch of the geometry deployment (@serve.batch).")
+    warp_batch_size: int = Field(8, ge=1, description="Largest batch of the warp deployment (@serve.batch).")
+    batch_wait_timeout_s: float = Field(0.01, ge=0, description="How long geometry/warp deployments wait to fill a batch.")
     retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 503 overloaded.")
 
 
@@ -119,6 +123,10 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("~/.local/share/pexir-tryon"), description="Where the embedded store keeps its database and blobs.")
     log_level: str = Field("INFO", description="Log level of the structured JSON logs.")
     default_seed: int = Field(0, ge=0, description="Seed used when a request gives none.")
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Accepted bearer keys (PEXIR_API_KEYS, comma-separated); empty: loopback clients only, no key needed.",
+    )
     images: ImageSettings = ImageSettings()
     geometry: GeometrySettings = GeometrySettings()
     garment: GarmentSettings = GarmentSettings()
@@ -132,6 +140,13 @@ class Settings(BaseSettings):
     def _check_device(cls, value: str) -> str:
         if value not in ("auto", "cpu", "cuda") and not (value.startswith("cuda:") and value[5:].isdigit()):
             raise ValueError("device must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        return value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value):
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
         return value
 
     def resolved_data_dir(self) -> Path:

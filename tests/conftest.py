@@ -50,3 +50,66 @@ def garments() -> dict[str, np.ndarray]:
     from pexir_tryon.samples import GARMENT_SAMPLES
 
     return {name: garment_sample(name) for name in GARMENT_SAMPLES}
+
+
+# --- a real Ray + Serve application on loopback, started once per test session ----------------
+
+SERVICE_KEY = "test-key-0123456789"
+SERVICE_MAX_ONGOING = 1
+SERVICE_MAX_QUEUED = 1
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_session(tmp_path_factory):
+    """Ray started once for the whole session, with object spilling off (as production runs it)."""
+    import ray
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    temp_dir = tmp_path_factory.mktemp("ray")
+    ray.init(
+        num_cpus=4,
+        include_dashboard=False,
+        log_to_driver=False,
+        _temp_dir=str(temp_dir),
+        _system_config={"automatic_object_spilling_enabled": False},
+    )
+    yield temp_dir
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def service_settings(tmp_path_factory) -> dict:
+    data_dir = tmp_path_factory.mktemp("service-data")
+    return {
+        "data_dir": str(data_dir),
+        "api_keys": [SERVICE_KEY],
+        "serve": {"max_ongoing_requests": SERVICE_MAX_ONGOING, "max_queued_requests": SERVICE_MAX_QUEUED, "stage_timeout_s": 60},
+        "store": {"key_file": str(data_dir / "keys" / "blob.key")},
+    }
+
+
+@pytest.fixture(scope="session")
+def service(ray_session, service_settings):
+    """Deploys serve_config.yaml (the production description) with test settings; yields the base URL."""
+    from pexir_tryon.config import Settings
+    from pexir_tryon.serve.launch import deploy, load_config
+
+    port = free_port()
+    config = load_config(None, port=port, settings=Settings(**service_settings))
+    app = config["applications"][0]
+    app["args"]["settings"] = {**app["args"].get("settings", {}), **service_settings}
+    app["args"]["stage_cpus"] = 0  # 2-core CI: let every replica schedule
+    deploy(config, timeout_s=300)
+    yield f"http://127.0.0.1:{port}"
