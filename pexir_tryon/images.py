@@ -59,7 +59,7 @@ _OTHER_FORMATS: tuple[tuple[int, bytes, str], ...] = (
 _SVG = re.compile(rb"^\s*(<\?xml[^>]*>\s*)?(<!--.*?-->\s*)*(<!DOCTYPE\s+svg|<svg)", re.I | re.S)
 
 
-def decode_image(data: bytes, limits: ImageSettings, *, what: str = "image", keep_alpha: bool = False) -> np.ndarray:
+def decode_image(data: bytes, limits: ImageSettings, *, what: str = "input", keep_alpha: bool = False) -> np.ndarray:
     """Decode `data` into an upright RGB uint8 array (RGBA when `keep_alpha` and the image has transparency).
 
     `what` names the field in error messages ("person", "garment"). Raises only `TryOnError`:

@@ -426,6 +426,15 @@ def test_animated_images_are_unsupported(fmt, kwargs):
     assert caught.value.code == "unsupported_image" and caught.value.http_status == 415
 
 
+def test_animated_gif_with_a_truncated_second_frame_is_invalid_image():
+    """Looking for a second frame parses it; a cut-off one must not escape as IndexError (a 500)."""
+    first, second = _frames()
+    data = encode(first, "GIF", save_all=True, append_images=[second])
+    second_frame = data.rindex(b"\x2c\x00\x00\x00\x00")
+    assert second_frame > data.index(b"\x2c\x00\x00\x00\x00")
+    assert code_of(data[:second_frame + 10]) == "invalid_image"
+
+
 def test_phone_jpeg_with_extra_pictures_decodes_the_first():
     """MPO: a JPEG carrying a second picture (depth map, HDR gain map) is a still photo."""
     first, second = _frames()
