@@ -56,7 +56,6 @@ _OTHER_FORMATS: tuple[tuple[int, bytes, str], ...] = (
     (0, b"qoif", "QOI"),
     (0, b"DDS ", "DirectDraw surface"),
 )
-_SVG = re.compile(rb"^\s*(<\?xml[^>]*>\s*)?(<!--.*?-->\s*)*(<!DOCTYPE\s+svg|<svg)", re.I | re.S)
 
 
 def decode_image(data: bytes, limits: ImageSettings, *, what: str = "input", keep_alpha: bool = False) -> np.ndarray:
@@ -115,9 +114,25 @@ def _other_format(data: bytes) -> str | None:
     for offset, magic, name in _OTHER_FORMATS:
         if data[offset:offset + len(magic)] == magic:
             return name
-    if _SVG.match(data[:4096]):
+    if _looks_like_svg(data[:4096]):
         return "SVG"
     return None
+
+
+def _looks_like_svg(head: bytes) -> bool:
+    """An <svg> (or <!DOCTYPE svg>) element after optional BOM, XML declaration and comments.
+
+    A loop rather than one regex: nested repetition over comments backtracks exponentially.
+    """
+    head = head.removeprefix(b"\xef\xbb\xbf").lstrip()
+    while head.startswith((b"<?", b"<!--")):
+        closing = b"?>" if head.startswith(b"<?") else b"-->"
+        end = head.find(closing)
+        if end < 0:
+            return False
+        head = head[end + len(closing):].lstrip()
+    head = head[:14].lower()
+    return head.startswith(b"<svg") or head.startswith(b"<!doctype svg")
 
 
 # After a scan's entropy-coded data the next marker is 0xFF followed by anything but 0x00

@@ -172,6 +172,15 @@ def test_other_image_formats_are_unsupported_image(data, name):
     assert name in caught.value.message
 
 
+def test_svg_sniffing_is_linear_time():
+    """Thousands of empty comments and no <svg>: a backtracking pattern would take years here."""
+    started = time.perf_counter()
+    assert code_of(b"<!---->" * 2000 + b"<html>") == "invalid_image"
+    assert code_of(b"\xef\xbb\xbf<?xml version='1.0'?>" + b"<!-- c -->" * 300 + b"<svg/>") == "unsupported_image"
+    assert code_of(b"<!--" * 3000) == "invalid_image"
+    assert time.perf_counter() - started < 1.0
+
+
 def test_bytes_count_not_the_file_name(tmp_path):
     """A PNG saved as .jpg and a JPEG saved as .png decode as what they are."""
     picture = gradient()
@@ -494,6 +503,14 @@ def test_sixteen_bit_rgb_png_scales_to_eight_bits():
     decoded = decode_image(data, LIMITS)
     assert_rgb(decoded, 96, 64)
     assert np.array_equal(decoded, (samples // 257).astype(np.uint8))
+
+
+def test_arbitrary_sixteen_bit_rgb_is_within_one_level_of_exact_scaling():
+    """Pillow keeps the high byte (v >> 8); exact rounding of v * 255 / 65535 differs by at most 1."""
+    samples = np.random.default_rng(7).integers(0, 65536, size=(64, 96, 3), dtype=np.uint16)
+    data = png_bytes(96, 64, bit_depth=16, colour_type=2, raw=samples.astype(">u2").tobytes())
+    exact = np.round(samples.astype(np.float64) * 255 / 65535)
+    assert np.abs(decode_image(data, LIMITS).astype(np.float64) - exact).max() <= 1
 
 
 def test_sixteen_bit_rgba_and_gray_alpha_pngs():
