@@ -862,3 +862,33 @@ def test_slow_http_answers_hit_our_deadline(fake_dashscope):
     assert time.monotonic() - t0 < 3
     assert fake.statuses() == ["CANCELED"]
     assert_bucket_clean(fake)
+
+
+def test_result_that_is_not_an_image(fake_dashscope):
+    fake = fake_dashscope
+    fake.result_not_an_image = True
+    with pytest.raises(TryOnError) as info:
+        run_one(fake)
+    assert info.value.code == "provider_error"
+    assert_bucket_clean(fake)
+
+
+def test_refiner_task_failure_falls_back_to_the_coarse_result(fake_dashscope):
+    fake = fake_dashscope
+    fake.task_failure = ("InvalidParameter", "The size of person image and coarse_image are not the same.")
+    fake.task_failure_model = "aitryon-refiner"
+    result = run_one(fake, use_refiner=True, refiner_gender="woman")
+    assert result.refined is False and close_to(result.image, PERSON)
+    assert sorted(fake.statuses()) == ["FAILED", "SUCCEEDED"]
+    assert_bucket_clean(fake)
+
+
+def test_refiner_counts_against_the_same_deadline(fake_dashscope):
+    fake = fake_dashscope
+    fake.stall_in, fake.stall_model = "PENDING", "aitryon-refiner"
+    t0 = time.monotonic()
+    result = run_one(fake, use_refiner=True, refiner_gender="man", deadline_s=1.0)
+    assert time.monotonic() - t0 < 4
+    assert result.refined is False and result.image.shape == PERSON.shape
+    assert sorted(fake.statuses()) == ["CANCELED", "SUCCEEDED"]
+    assert_bucket_clean(fake)

@@ -289,7 +289,10 @@ class FakeDashScope:
             self.polls_per_state: dict[str, int] = {s: 1 for s in PROGRESS}
             self.seconds_per_state: dict[str, float] = {}
             self.stall_in: str | None = None  # a state a task never leaves (slow provider)
+            self.stall_model: str | None = None  # only tasks of this model stall (None: all)
             self.task_failure: tuple[str, str] | None = None  # (code, message): FAILED instead of SUCCEEDED
+            self.task_failure_model: str | None = None  # only tasks of this model fail (None: all)
+            self.result_not_an_image = False
             self.submit_failure: tuple[int, str, str] | None = None  # (status, code, message) at every submit
             self.validate_inputs_at = "task"  # "task" (FAILED task) or "submit" (HTTP 400)
             self.result_url_as_list = False
@@ -463,7 +466,7 @@ class FakeDashScope:
             buf = io.BytesIO()
             img.save(buf, format="JPEG", quality=95)
         key = f"{task.task_id}/tryon.jpg"
-        self.oss.put(RESULT_BUCKET, key, buf.getvalue())
+        self.oss.put(RESULT_BUCKET, key, b"<html>not an image</html>" if self.result_not_an_image else buf.getvalue())
         expires = time.time() + (-60 if self.result_url_expired else self.result_expires_s)
         task.result_url = (
             f"{self.oss.base_url}/{RESULT_BUCKET}/{key}?Expires={int(expires)}"
@@ -483,7 +486,7 @@ class FakeDashScope:
     async def _advance(self, task: FakeTask) -> None:
         while task.status not in FINAL:
             state = task.status
-            if self.stall_in == state:
+            if self.stall_in == state and self.stall_model in (None, task.model):
                 return
             if task.polls_in_state < self.polls_per_state.get(state, 0):
                 return
@@ -508,7 +511,7 @@ class FakeDashScope:
             if index + 1 < len(PROGRESS):
                 self._set_status(task, PROGRESS[index + 1])
                 continue
-            if self.task_failure:
+            if self.task_failure and self.task_failure_model in (None, task.model):
                 task.code, task.message = self.task_failure
                 self._set_status(task, "FAILED")
                 return

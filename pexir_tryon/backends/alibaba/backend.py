@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import httpx
+from PIL import Image
 
 from pexir_tryon.backends.base import TryOnJob, TryOnResult
 from pexir_tryon.config import AlibabaSettings
@@ -160,6 +161,8 @@ class AlibabaCloudBackend:
     # -- the Backend protocol ---------------------------------------------------------------
 
     async def try_on(self, job: TryOnJob) -> TryOnResult:
+        if self._closing:
+            raise TryOnError("stage_unavailable", "The Alibaba Cloud backend is shutting down; retry.")
         rec = _Inflight(job.request_id, job.user_id)
         self._inflight.setdefault(job.user_id, set()).add(rec)
         # The work runs in a task of its own so that purge_user can stop it without cancelling
@@ -225,8 +228,8 @@ class AlibabaCloudBackend:
         t0 = self._clock()
         deadline = t0 + s.deadline_s
         timings: dict[str, float] = {}
-        person = await asyncio.to_thread(prepare_for_provider, job.person)
-        garment = await asyncio.to_thread(prepare_for_provider, job.garment)
+        person = await self._prepare(job.person, "person")
+        garment = await self._prepare(job.garment, "garment")
         timings["prepare_s"] = self._clock() - t0
         slot_token = uuid.uuid4().hex
         slot_key = s.model
@@ -254,7 +257,7 @@ class AlibabaCloudBackend:
             t = self._clock()
             coarse_url, coarse_bytes = await self._run_task(rec, body, deadline, job)
             timings["provider_s"] = self._clock() - t
-            image = await asyncio.to_thread(restore_result, coarse_bytes, person, (job.person.shape[1], job.person.shape[0]))
+            image = await self._restore(coarse_bytes, person, job)
             refined = False
             if s.use_refiner:
                 t = self._clock()
@@ -273,29 +276,44 @@ class AlibabaCloudBackend:
             # Shielded: a second cancellation stops our waiting, not the cleanup.
             await asyncio.shield(rec.cleanup)
 
+    @staticmethod
+    async def _prepare(image, what: str) -> PreparedImage:
+        try:
+            return await asyncio.to_thread(prepare_for_provider, image)
+        except ValueError as exc:
+            raise TryOnError("invalid_image", f"The {what} image cannot be sent to the provider ({exc}).") from None
+
+    @staticmethod
+    async def _restore(data: bytes, person: PreparedImage, job: TryOnJob):
+        try:
+            return await asyncio.to_thread(restore_result, data, person, (job.person.shape[1], job.person.shape[0]))
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            log.error("alibaba: provider result unreadable (%s) request_id=%s", type(exc).__name__, job.request_id)
+            raise TryOnError("provider_error", "The provider's result is not a readable image; retry the try-on.", retry_after_s=1) from None
+
     async def _upload(self, rec: _Inflight, prepared: PreparedImage, name: str, model: str) -> UploadedInput:
         item = await self.uploader.upload(prepared.data, name=name, content_type="image/jpeg", model=model)
         rec.uploads.append(item)
         return item
 
     async def _refine(self, rec, job, person, garment, person_up, garment_up, garment_field, coarse_url, deadline):
-        s = self.settings
-        if self.uploader.bound_to_model:  # temp storage: files are bound to the model they were uploaded for
-            person_up = await self._upload(rec, person, "person.jpg", REFINER_MODEL)
-            garment_up = await self._upload(rec, garment, "garment.jpg", REFINER_MODEL)
-        body = {
-            "model": REFINER_MODEL,
-            # The refiner documents top_garment_url as required; a bottoms-only outfit sends the
-            # bottom only (unverified upstream): if refused, the coarse result is used.
-            "input": {"person_image_url": person_up.url, garment_field: garment_up.url, "coarse_image_url": coarse_url},
-            "parameters": {"gender": s.refiner_gender},
-        }
+        """The refiner pass; any failure of it raises _Abandoned (the coarse result stands)."""
         try:
+            if self.uploader.bound_to_model:  # temp storage: a file serves only the model it was uploaded for
+                person_up = await self._upload(rec, person, "person.jpg", REFINER_MODEL)
+                garment_up = await self._upload(rec, garment, "garment.jpg", REFINER_MODEL)
+            body = {
+                "model": REFINER_MODEL,
+                # The refiner documents top_garment_url as required; a bottoms-only outfit sends
+                # the bottom only (unverified upstream): if refused, the coarse result is used.
+                "input": {"person_image_url": person_up.url, garment_field: garment_up.url, "coarse_image_url": coarse_url},
+                "parameters": {"gender": self.settings.refiner_gender},
+            }
             _, refined_bytes = await self._run_task(rec, body, deadline, job)
+            return await self._restore(refined_bytes, person, job)
         except TryOnError as exc:
             log.warning("alibaba: refiner pass failed (%s); using the unrefined result request_id=%s", exc.code, job.request_id)
             raise _Abandoned() from None
-        return await asyncio.to_thread(restore_result, refined_bytes, person, (job.person.shape[1], job.person.shape[0]))
 
     async def _run_task(self, rec: _Inflight, body: dict, deadline: float, job: TryOnJob) -> tuple[str, bytes]:
         """Submit, poll to a final state, download. Returns (result URL, result bytes)."""
