@@ -892,3 +892,14 @@ def test_refiner_counts_against_the_same_deadline(fake_dashscope):
     assert result.refined is False and result.image.shape == PERSON.shape
     assert sorted(fake.statuses()) == ["CANCELED", "SUCCEEDED"]
     assert_bucket_clean(fake)
+
+
+def test_submit_answer_too_slow_is_not_resubmitted(fake_dashscope):
+    """A read timeout on submit is ambiguous (the task may exist): no second, billable task."""
+    fake = fake_dashscope
+    fake.delay_after_submit_s = 1.0
+    with pytest.raises(TryOnError) as info:
+        run_one(fake, http_timeout_s=0.2, deadline_s=5)
+    assert info.value.code == "provider_error"
+    assert fake.calls["submit"] == 1
+    assert_bucket_clean(fake)  # the orphan task can no longer fetch its inputs

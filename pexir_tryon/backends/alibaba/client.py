@@ -228,10 +228,11 @@ class DashScopeClient:
         async def attempt(timeout: float) -> str:
             try:
                 resp = await self._api.post(url, json=body, headers=self._headers(submit=True, oss_resolve=oss_resolve), timeout=timeout)
-            except (httpx.ReadTimeout, httpx.WriteTimeout) as exc:
+            except httpx.ReadTimeout as exc:
                 if self._clock() >= deadline - 1e-3:
                     raise DeadlineReached("submit") from None
-                # The provider may have accepted the task: submitting again could run it twice.
+                # The whole request went out, so the provider may have queued the task: submitting
+                # again could run (and bill) it twice. Connect/write failures are retried below.
                 log.error("alibaba: submit timed out (%s); not resubmitting", type(exc).__name__)
                 raise TryOnError("provider_error", "The Alibaba Cloud provider did not answer the submission in time; retry later.", retry_after_s=5) from None
             except httpx.TransportError as exc:
