@@ -201,7 +201,9 @@ def test_local_outputs_are_written_atomically_and_temp_files_are_cleaned(tmp_pat
 
 def test_pool_uses_one_gpu_per_actor_when_the_cluster_has_gpus_else_cpus():
     gpu = plan_pool({"CPU": 16.0, "GPU": 4.0}, backend="local", concurrency=None, device_setting="auto")
-    assert (gpu.actors, gpu.num_gpus, gpu.num_cpus) == (4, 1.0, 4.0)
+    assert (gpu.actors, gpu.num_gpus, gpu.num_cpus, gpu.device) == (4, 1.0, 4.0, "cuda")
+    shared = plan_pool({"CPU": 16.0, "GPU": 1.0}, backend="local", concurrency=4, device_setting="cuda:1")
+    assert (shared.actors, shared.num_gpus, shared.device) == (4, 0.25, "cuda")
     cpu = plan_pool({"CPU": 8.0}, backend="local", concurrency=None, device_setting="auto")
     assert (cpu.actors, cpu.num_gpus, cpu.num_cpus, cpu.device) == (4, 0.0, 2.0, "cpu")
     squeezed = plan_pool({"CPU": 2.0}, backend="local", concurrency=4, device_setting="auto")

@@ -72,8 +72,12 @@ def plan_pool(cluster: dict, *, backend: str, concurrency: int | None, device_se
         return PoolPlan(actors, min(1.0, cpus / actors), 0.0, "cpu")
     use_gpu = gpus > 0 and device_setting != "cpu"
     if use_gpu:
+        # One GPU per actor; more actors than GPUs share them (MediaPipe's CPU work then overlaps
+        # another actor's GPU work). Ray exposes each actor's GPU(s) as device 0.
         actors = concurrency or gpus
-        return PoolPlan(actors, max(1.0, min(4.0, math.floor(cpus / actors))) if cpus >= actors else cpus / actors, 1.0, None)
+        per_gpu = 1.0 if actors <= gpus else round(gpus / actors, 4)
+        per_cpu = float(max(1, min(4, math.floor(cpus / actors)))) if cpus >= actors else cpus / actors
+        return PoolPlan(actors, per_cpu, per_gpu, "cuda")
     actors = concurrency or max(1, int(cpus // 2))
     if cpus >= 2 * actors:
         per_actor = 2.0
@@ -141,9 +145,11 @@ def run_rerender(
 
     rows = read_manifest(manifest, backend=backend)  # refuses a bad manifest before any work
     results = ResultsLog(out)
+    # Actors get the resolved location: their working directory is not the driver's.
+    out = results.root if results.local else results.fs.unstrip_protocol(results.root)
     results.remove_stale_temp_files()
     todo, skipped = plan_rows(rows, results.load(), results.existing_outputs())
-    summary = RerenderSummary(rows=len(rows), skipped=len(skipped), results=f"{results.root}/{RESULTS_NAME}")
+    summary = RerenderSummary(rows=len(rows), skipped=len(skipped), results=f"{out.rstrip('/')}/{RESULTS_NAME}")
     echo(f"rerender: {len(rows)} rows: {len(todo)} to render, {len(skipped)} already done")
 
     started_ray = False
