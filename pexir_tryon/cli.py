@@ -62,6 +62,19 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_samples(args) -> int:
+    from PIL import Image
+
+    from .samples import GARMENT_SAMPLES, PERSON_SAMPLES, load_sample
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (*PERSON_SAMPLES, *GARMENT_SAMPLES):
+        Image.fromarray(load_sample(f"sample:{name}")).save(out / f"{name}.png")
+    print(f"wrote {len(PERSON_SAMPLES)} person photos and {len(GARMENT_SAMPLES)} garments to {out}/", file=sys.stderr)
+    return 0
+
+
 def cmd_serve(args) -> int:
     from .serve.launch import serve_forever
 
@@ -110,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--steps", type=int, default=None, help="refiner steps (default from config)")
     run.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default from config)")
     run.set_defaults(func=cmd_run)
+
+    samples = sub.add_parser("samples", help="write the bundled sample photos and drawn garments as PNG files")
+    samples.add_argument("--out", default="samples", help="directory to write them to (default: samples)")
+    samples.set_defaults(func=cmd_samples)
 
     serve = sub.add_parser("serve", help="serve the HTTP API with Ray Serve")
     serve.add_argument("--config", default=None, help="Serve config YAML (default: the packaged serve_config.yaml)")
