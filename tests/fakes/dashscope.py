@@ -183,36 +183,39 @@ class FakeOss:
             return time.time() > signed.timestamp() + int(q["x-oss-expires"])
         return False
 
+    async def _form_upload(self, form) -> Response:
+        with self.lock:
+            self.requests.append(("POST", "/"))
+        fields = {k: form.get(k) for k in ("OSSAccessKeyId", "Signature", "policy", "key", "x-oss-forbid-overwrite")}
+        if not all(fields[k] for k in ("OSSAccessKeyId", "Signature", "policy", "key")) or form.get("file") is None:
+            return _oss_err(400, "InvalidArgument", "missing form field")
+        if list(form.keys())[-1] != "file":
+            return _oss_err(400, "InvalidArgument", "the file field must be the last field")
+        try:
+            policy = json.loads(base64.b64decode(str(fields["policy"])))
+        except ValueError:
+            return _oss_err(403, "AccessDenied", "Invalid according to Policy: policy is not valid")
+        if time.time() > policy["expiration_epoch"]:
+            return _oss_err(403, "AccessDenied", "Invalid according to Policy: Policy expired.")
+        key = str(fields["key"])
+        if not key.startswith(policy["upload_dir"] + "/"):
+            return _oss_err(403, "AccessDenied", "Invalid according to Policy: key outside upload_dir")
+        upload = form["file"]
+        data = await upload.read()
+        with self.lock:
+            if key in self.temp_objects and str(fields["x-oss-forbid-overwrite"]).lower() == "true":
+                return _oss_err(409, "FileAlreadyExists", "The object you specified already exists and can not be overwritten.")
+            self.temp_objects[key] = {"data": data, "model": policy["model"], "created": time.time()}
+        status = int(form.get("success_action_status") or 204)
+        return Response(status_code=status if status in (200, 201, 204) else 204)
+
     def app(self) -> FastAPI:
         app = FastAPI()
 
         @app.post("/")
         async def form_upload(request: Request):
-            form = await request.form()
-            with self.lock:
-                self.requests.append(("POST", "/"))
-            fields = {k: form.get(k) for k in ("OSSAccessKeyId", "Signature", "policy", "key", "x-oss-forbid-overwrite")}
-            if not all(fields[k] for k in ("OSSAccessKeyId", "Signature", "policy", "key")) or form.get("file") is None:
-                return _oss_err(400, "InvalidArgument", "missing form field")
-            if list(form.keys())[-1] != "file":
-                return _oss_err(400, "InvalidArgument", "the file field must be the last field")
-            try:
-                policy = json.loads(base64.b64decode(str(fields["policy"])))
-            except ValueError:
-                return _oss_err(403, "AccessDenied", "Invalid according to Policy: policy is not valid")
-            if time.time() > policy["expiration_epoch"]:
-                return _oss_err(403, "AccessDenied", "Invalid according to Policy: Policy expired.")
-            key = str(fields["key"])
-            if not key.startswith(policy["upload_dir"] + "/"):
-                return _oss_err(403, "AccessDenied", "Invalid according to Policy: key outside upload_dir")
-            upload = form["file"]
-            data = await upload.read()
-            with self.lock:
-                if key in self.temp_objects and str(fields["x-oss-forbid-overwrite"]).lower() == "true":
-                    return _oss_err(409, "FileAlreadyExists", "The object you specified already exists and can not be overwritten.")
-                self.temp_objects[key] = {"data": data, "model": policy["model"], "created": time.time()}
-            status = int(form.get("success_action_status") or 204)
-            return Response(status_code=status if status in (200, 201, 204) else 204)
+            async with request.form() as form:  # closes the spooled upload files
+                return await self._form_upload(form)
 
         @app.api_route("/{bucket}/{key:path}", methods=["PUT", "GET", "HEAD", "DELETE"])
         async def object_route(bucket: str, key: str, request: Request):
