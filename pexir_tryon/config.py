@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DAY_S = 24 * 3600
@@ -68,9 +68,17 @@ class StoreSettings(BaseModel):
     blob_url: str = Field("{data_dir}/blobs", description="Directory or fsspec URL (e.g. s3://bucket/prefix) for encrypted image bytes.")
     encryption_key: SecretStr | None = Field(None, description="Base64 32-byte AES-GCM key for blobs at rest; unset: a key file outside the blob directory is made once.")
     key_file: Path = Field(Path("~/.config/pexir-tryon/blob.key"), description="Where the generated blob key lives when encryption_key is unset.")
-    upload_ttl_s: int = Field(DAY_S, gt=0, le=DAY_S, description="Uploaded person photos are deleted this many seconds after upload (at most 24 h).")
-    result_ttl_s: int = Field(DAY_S, gt=0, le=DAY_S, description="Unsaved results are deleted this many seconds after processing (at most 24 h).")
-    sweep_interval_s: float = Field(300.0, gt=0, description="How often the sweeper deletes what has expired.")
+    upload_ttl_s: int = Field(DAY_S - 600, gt=0, le=DAY_S, description="Uploaded person photos become unreadable this many seconds after upload; TTL + sweep interval may not exceed 24 h.")
+    result_ttl_s: int = Field(DAY_S - 600, gt=0, le=DAY_S, description="Unsaved results become unreadable this many seconds after processing; TTL + sweep interval may not exceed 24 h.")
+    sweep_interval_s: float = Field(300.0, gt=0, le=3600, description="How often the sweeper deletes what has expired (bytes are gone by TTL + this).")
+
+    @model_validator(mode="after")
+    def _deleted_within_a_day(self) -> "StoreSettings":
+        # The promise is "deleted", not just "unreadable", within 24 h: the last sweep must fall inside it.
+        for name in ("upload_ttl_s", "result_ttl_s"):
+            if getattr(self, name) + self.sweep_interval_s > DAY_S:
+                raise ValueError(f"{name} + sweep_interval_s must be at most 24 h ({DAY_S} s) so expired photos are deleted within a day")
+        return self
 
 
 class AlibabaSettings(BaseModel):
