@@ -101,15 +101,49 @@ def service_settings(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
-def service(ray_session, service_settings):
-    """Deploys serve_config.yaml (the production description) with test settings; yields the base URL."""
+def fake_alibaba():
+    """The loopback fake of DashScope + OSS (tests/fakes), shared by the session's Alibaba-backed app."""
+    from fakes.dashscope import shared_fake
+
+    return shared_fake().control
+
+
+@pytest.fixture(scope="session")
+def alibaba_service_settings(service_settings, fake_alibaba) -> dict:
+    fake = fake_alibaba
+    return {
+        **service_settings,
+        "backend": "alibaba",
+        "alibaba": {
+            "api_key": fake.api_key, "base_url": fake.base_url, "oss_endpoint": fake.oss_endpoint, "oss_bucket": fake.bucket,
+            "oss_access_key_id": fake.oss_access_key_id, "oss_access_key_secret": fake.oss_access_key_secret,
+            "poll_interval_s": 0.05, "poll_max_interval_s": 0.2, "deadline_s": 20.0, "http_timeout_s": 5.0,
+        },
+    }
+
+
+@pytest.fixture(scope="session")
+def service(ray_session, service_settings, alibaba_service_settings):
+    """Deploys serve_config.yaml (the production description) with test settings; yields the base URL.
+
+    A second application from the same YAML entry, configured with backend "alibaba" against the
+    loopback fake, answers under /alibaba: the same HTTP request, the other backend.
+    """
+    import copy
+
     from pexir_tryon.config import Settings
     from pexir_tryon.serve.launch import deploy, load_config
 
     port = free_port()
     config = load_config(None, port=port, settings=Settings(**service_settings))
     app = config["applications"][0]
+    alibaba_app = copy.deepcopy(app)
     app["args"]["settings"] = {**app["args"].get("settings", {}), **service_settings}
     app["args"]["stage_cpus"] = 0  # 2-core CI: let every replica schedule
+    alibaba_app.update(name="tryon-alibaba", route_prefix="/alibaba")
+    alibaba_app["args"]["settings"] = {**alibaba_app["args"].get("settings", {}), **alibaba_service_settings}
+    alibaba_app["args"]["stage_cpus"] = 0
+    alibaba_app["deployments"] = [d for d in alibaba_app.get("deployments", []) if d["name"] == "TryOnIngress"]
+    config["applications"].append(alibaba_app)
     deploy(config, timeout_s=300)
     yield f"http://127.0.0.1:{port}"
