@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 class Stages(Protocol):
     """The three stages as async calls. `refine` is None when no refiner is configured."""
 
-    detect: Callable[[np.ndarray], Awaitable[PersonGeometry]]
+    detect: Callable[[np.ndarray, np.ndarray], Awaitable[PersonGeometry]]  # (person, garment)
     warp: Callable[[WarpRequest], Awaitable[WarpResult]]
     refine: Callable[..., Awaitable[np.ndarray]] | None
 
@@ -36,7 +36,7 @@ async def run_tryon(job: TryOnJob, stages: Stages, *, backend_name: str = "local
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
-    geometry = await stages.detect(job.person)
+    geometry = await stages.detect(job.person, job.garment)
     timings["geometry"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -75,8 +75,8 @@ class InProcessStages:
         if self.refiner is not None:
             self.refine = self._refine
 
-    async def detect(self, image: np.ndarray) -> PersonGeometry:
-        return _first(self.detector.detect_batch([image]))
+    async def detect(self, person: np.ndarray, garment: np.ndarray) -> PersonGeometry:
+        return _first(self.detector.detect_batch([(person, garment)]))
 
     async def warp(self, request: WarpRequest) -> WarpResult:
         return _first(self.warper.warp_batch([request]))

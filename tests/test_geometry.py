@@ -95,3 +95,14 @@ def test_head_cut_off_is_rejected(detector, photos):
     with pytest.raises(TryOnError) as error:
         detector.detect(without_head)
     assert error.value.code in ("person_cropped", "no_person_detected")
+
+
+def test_a_garment_photo_showing_a_person_is_refused(detector, photos):
+    with pytest.raises(TryOnError) as error:
+        detector.check_garment_photo(photos["grace_hopper"])
+    assert error.value.code == "garment_photo_has_person"
+
+
+@pytest.mark.parametrize("name", ["tshirt", "longsleeve", "dress", "trousers", "longsleeve_cutout"])
+def test_a_flat_lay_garment_photo_is_not_taken_for_a_person(detector, garments, name):
+    detector.check_garment_photo(garments[name])

@@ -59,15 +59,35 @@ class GeometryDetector:
         for solution in (self._pose, self._face_mesh, self._face_detection, self._segmentation):
             solution.close()
 
-    def detect_batch(self, images: list[np.ndarray]) -> list[PersonGeometry | TryOnError]:
-        """One result per image, in order; a rejected photo is a TryOnError in its slot."""
+    def detect_batch(self, items: list) -> list[PersonGeometry | TryOnError]:
+        """One result per item, in order; a rejected photo is a TryOnError in its slot.
+
+        An item is a person photo, or a (person photo, garment photo) pair: the garment photo is
+        then checked for being worn by a person (a product photo must show the garment alone).
+        """
         results: list[PersonGeometry | TryOnError] = []
-        for image in images:
+        for item in items:
+            person, garment = item if isinstance(item, tuple) else (item, None)
             try:
-                results.append(self.detect(image))
+                if garment is not None:
+                    self.check_garment_photo(garment)
+                results.append(self.detect(person))
             except TryOnError as error:
                 results.append(error)
         return results
+
+    def check_garment_photo(self, garment: np.ndarray) -> None:
+        """Refuse a garment photo that shows a person (a face, or a body with both shoulders)."""
+        working, _ = scale_to_max_side(np.ascontiguousarray(garment[..., :3]), self.working_max_side)
+        with self._lock:
+            faces = self._face_detection.process(working)
+            pose = self._pose.process(working)
+        has_face = any(d.score[0] >= self.settings.second_face_min_confidence for d in faces.detections or [])
+        has_body = pose.pose_landmarks is not None and all(
+            pose.pose_landmarks.landmark[i].visibility >= 0.8 for i in (Landmark.LEFT_SHOULDER, Landmark.RIGHT_SHOULDER)
+        )
+        if has_face or has_body:
+            raise TryOnError("garment_photo_has_person", "The garment photo shows a person; send a product photo of the garment alone (flat lay or cut-out).")
 
     def detect(self, image: np.ndarray) -> PersonGeometry:
         height, width = image.shape[:2]

@@ -47,8 +47,8 @@ class ServeStages:
         self.timeout_s = timeout_s
         self.refine = self._refine if refiner is not None else None
 
-    async def detect(self, image):
-        return await call_stage(self._detector.detect, image, stage="geometry", timeout_s=self.timeout_s)
+    async def detect(self, person, garment):
+        return await call_stage(self._detector.detect, (person, garment), stage="geometry", timeout_s=self.timeout_s)
 
     async def warp(self, request):
         return await call_stage(self._warper.warp, request, stage="warp", timeout_s=self.timeout_s)
