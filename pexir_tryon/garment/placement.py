@@ -8,6 +8,8 @@ off the frame runs past the bottom edge.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..errors import TryOnError
@@ -32,6 +34,31 @@ def _similarity(g_left: np.ndarray, g_right: np.ndarray, b_left: np.ndarray, b_r
         return np.array([z.real, z.imag])
 
     return apply, abs(scale_rotation)
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """A body landmark pair in image order, with the axes it spans: `across` (left→right) and `down`."""
+
+    left: int
+    right: int
+    p_left: np.ndarray
+    p_right: np.ndarray
+    span: float
+    across: np.ndarray
+    down: np.ndarray
+
+    def widened(self, out: float, up: float) -> tuple[np.ndarray, np.ndarray]:
+        """The pair pushed outwards by `out` and upwards by `up` (both in spans)."""
+        shift_out, shift_up = out * self.span * self.across, up * self.span * self.down
+        return self.p_left - shift_out - shift_up, self.p_right + shift_out - shift_up
+
+
+def _frame(geometry: PersonGeometry, a: int, b: int) -> _Frame:
+    left, right = _image_order(geometry, a, b)
+    p_left, p_right = geometry.point(left), geometry.point(right)
+    across = _unit(p_right - p_left)
+    return _Frame(left, right, p_left, p_right, float(np.linalg.norm(p_right - p_left)), across, np.array([-across[1], across[0]]))
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -76,24 +103,17 @@ def _upper_targets(geometry: PersonGeometry, anchors: GarmentAnchors, p: dict[st
     if not geometry.all_visible(L.LEFT_SHOULDER, L.RIGHT_SHOULDER):
         what = "a dress" if anchors.category == "dress" else "an upper garment"
         raise TryOnError("person_cropped", f"Both shoulders must be visible to place {what}; send a photo showing them.")
-    left, right = _image_order(geometry, L.LEFT_SHOULDER, L.RIGHT_SHOULDER)
-    s_l, s_r = geometry.point(left), geometry.point(right)
-    across = s_r - s_l
-    span = float(np.linalg.norm(across))
-    ex = _unit(across)
-    down = np.array([-ex[1], ex[0]])
-    t_sl = s_l - 0.10 * span * ex - 0.04 * span * down
-    t_sr = s_r + 0.10 * span * ex - 0.04 * span * down
+    shoulders = _frame(geometry, L.LEFT_SHOULDER, L.RIGHT_SHOULDER)
+    left, right, s_l, s_r, span, ex = shoulders.left, shoulders.right, shoulders.p_left, shoulders.p_right, shoulders.span, shoulders.across
+    t_sl, t_sr = shoulders.widened(out=0.10, up=0.04)
     to_body, scale = _similarity(p["shoulder_l"], p["shoulder_r"], t_sl, t_sr)
     targets = {name: to_body(point) for name, point in p.items()}
     targets["shoulder_l"], targets["shoulder_r"] = t_sl, t_sr
 
-    hips = geometry.all_visible(L.LEFT_HIP, L.RIGHT_HIP)
-    if hips:
-        hl_i, hr_i = _image_order(geometry, L.LEFT_HIP, L.RIGHT_HIP)
-        h_l, h_r = geometry.point(hl_i), geometry.point(hr_i)
-        hip_span = float(np.linalg.norm(h_r - h_l))
-        edge_l, edge_r = h_l - 0.3 * hip_span * ex, h_r + 0.3 * hip_span * ex
+    if geometry.all_visible(L.LEFT_HIP, L.RIGHT_HIP):
+        hips = _frame(geometry, L.LEFT_HIP, L.RIGHT_HIP)
+        h_l, h_r = hips.p_left, hips.p_right
+        edge_l, edge_r = h_l - 0.3 * hips.span * ex, h_r + 0.3 * hips.span * ex
         if anchors.category == "upper":
             for name, edge in (("hem_l", edge_l), ("hem_r", edge_r)):
                 targets[name] = np.array([edge[0], max(targets[name][1], edge[1] + 0.08 * span)])
@@ -142,14 +162,9 @@ def _lower_targets(geometry: PersonGeometry, anchors: GarmentAnchors, p: dict[st
             "body_region_not_visible",
             "A lower garment needs the hips to be visible, and this photo does not show them; send a photo showing the hips and legs.",
         )
-    left, right = _image_order(geometry, L.LEFT_HIP, L.RIGHT_HIP)
-    h_l, h_r = geometry.point(left), geometry.point(right)
-    across = h_r - h_l
-    span = float(np.linalg.norm(across))
-    ex = _unit(across)
-    down = np.array([-ex[1], ex[0]])
-    t_wl = h_l - 0.32 * span * ex - 0.35 * span * down
-    t_wr = h_r + 0.32 * span * ex - 0.35 * span * down
+    hips = _frame(geometry, L.LEFT_HIP, L.RIGHT_HIP)
+    left, right, span, down = hips.left, hips.right, hips.span, hips.down
+    t_wl, t_wr = hips.widened(out=0.32, up=0.35)
     to_body, _ = _similarity(p["waist_l"], p["waist_r"], t_wl, t_wr)
     targets = {name: to_body(point) for name, point in p.items()}
     targets["waist_l"], targets["waist_r"] = t_wl, t_wr
