@@ -267,3 +267,16 @@ def test_fetch_refuses_plain_http_to_remote_hosts(tiny_refiner_dir, tmp_path):
 def test_fetch_unknown_name(tmp_path):
     with pytest.raises(TryOnError, match="sd15-inpainting"):
         fetch_model("no-such-model", tmp_path)
+
+
+def test_refiner_from_settings(tiny_refiner_dir, tmp_path, caplog):
+    from pexir_tryon.refine import refiner_from_settings
+
+    with caplog.at_level("WARNING"):
+        assert refiner_from_settings(SETTINGS, "cpu") is None
+    assert "without stage 3" in caplog.text
+    refiner = refiner_from_settings(SETTINGS.model_copy(update={"model_dir": tiny_refiner_dir}), "auto")
+    assert isinstance(refiner, DiffusionRefiner)
+    with pytest.raises(TryOnError) as caught:
+        refiner_from_settings(SETTINGS.model_copy(update={"model_dir": tmp_path / "missing"}), "cpu")
+    assert caught.value.code == "model_not_available"

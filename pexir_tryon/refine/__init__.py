@@ -2,7 +2,7 @@
 
 from pexir_tryon.refine.manifest import MANIFEST_FILENAME, fetch_model, load_manifest, verify_model_dir
 from pexir_tryon.refine.model import RefinerModel, load_refiner_model
-from pexir_tryon.refine.refiner import DiffusionRefiner, RefineRequest
+from pexir_tryon.refine.refiner import DiffusionRefiner, RefineRequest, refiner_from_settings
 
 __all__ = [
     "MANIFEST_FILENAME",
@@ -12,5 +12,6 @@ __all__ = [
     "fetch_model",
     "load_manifest",
     "load_refiner_model",
+    "refiner_from_settings",
     "verify_model_dir",
 ]

@@ -230,3 +230,17 @@ def _describe(value) -> str:
 def steps_run(steps: int, strength: float) -> int:
     """How many denoising steps a request actually runs (diffusers skips the first 1-strength part)."""
     return min(int(steps * strength), steps) if math.isfinite(strength) else 0
+
+
+def refiner_from_settings(settings: RefinerSettings, device: str) -> DiffusionRefiner | None:
+    """The refiner the settings configure, loaded once; None (said once, here) when none is configured.
+
+    Call at start-up. Raises TryOnError("model_not_available") when the configured directory is
+    missing, incomplete or corrupt: a configured refiner that cannot load is an error, not a skip.
+    """
+    from pexir_tryon.refine.model import load_refiner_model
+
+    if settings.model_dir is None:
+        log.warning("no refiner configured (refiner.model_dir is unset): the pipeline runs without stage 3")
+        return None
+    return DiffusionRefiner(load_refiner_model(settings.model_dir, device, settings), settings)
