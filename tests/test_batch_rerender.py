@@ -66,12 +66,13 @@ def job(tmp_path_factory):
     return folder
 
 
-def cli_args(job, out):
-    return build_parser().parse_args(["rerender", str(job / "manifest.csv"), "--out", str(out), "--concurrency", "2"])
+def cli_args(job, out, concurrency: int):
+    return build_parser().parse_args(["rerender", str(job / "manifest.csv"), "--out", str(out), "--concurrency", str(concurrency)])
 
 
 def run(job, capsys, out) -> tuple[int, str]:
-    code = rerender_command(cli_args(job, out))
+    """A rerun, with one actor: one pipeline load on the 2 shared cores (and a different pool than the first run's)."""
+    code = rerender_command(cli_args(job, out, 1))
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("rerender: ")]
     return code, lines[-1]
 
@@ -97,7 +98,7 @@ def first_run(ray_session, job, tmp_path_factory):
 
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer), mock.patch.object(ResultsLog, "append", recording_append):
-        code = rerender_command(cli_args(job, out))
+        code = rerender_command(cli_args(job, out, 2))
     summary = [line for line in buffer.getvalue().splitlines() if line.startswith("rerender: ")][-1]
     snapshot = {row_id: (out / f"{row_id}.png").read_bytes() for row_id in DONE}
     return out, code, summary, snapshot, appended
@@ -142,6 +143,29 @@ def test_second_run_does_no_work_for_done_rows_and_retries_failed_ones(first_run
     records = results(out)
     assert {row_id: records[row_id]["finished_at"] for row_id in DONE} == {row_id: finished_before[row_id] for row_id in DONE}
     assert {row_id: records[row_id]["error_code"] for row_id in FAILED} == FAILED
+    assert actor_processes_left() == [], "the job's actor processes must exit when it ends"
+
+
+def actor_processes_left(wait_s: float = 20.0) -> list[int]:
+    """Pids of RerenderWorker actor processes still alive after `wait_s` (a worker that blocks on
+    exit, e.g. closing MediaPipe graphs in __del__, stays forever and holds its memory)."""
+    import time
+    from pathlib import Path
+
+    if not Path("/proc/self/cmdline").exists():
+        return []  # not Linux: nothing to look at
+    deadline = time.monotonic() + wait_s
+    while True:
+        left = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                if b"RerenderWorker" in cmdline.read_bytes():
+                    left.append(int(cmdline.parent.name))
+            except OSError:
+                pass
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)
 
 
 def test_after_a_crash_only_unrecorded_rows_are_redone_and_they_come_out_byte_identical(first_run, job, capsys):
@@ -158,7 +182,7 @@ def test_after_a_crash_only_unrecorded_rows_are_redone_and_they_come_out_byte_id
 
     assert code == 1 and "done=3 skipped=1 failed=3" in summary
     assert (out / "a1.png").stat().st_mtime_ns == a1_mtime
-    for row_id in DONE:  # re-rendered in fresh actors: same row + seed, same bytes
+    for row_id in DONE:  # re-rendered in a fresh actor of another pool size: same row + seed, same bytes
         assert (out / f"{row_id}.png").read_bytes() == snapshot[row_id], row_id
     assert not (out / ".tmp-a4.png.dead").exists()
     records = results(out)

@@ -180,6 +180,10 @@ class RerenderWorker:
         write_atomically(self.fs, path, encode_png(np.ascontiguousarray(image[..., :3])))
 
     def close(self) -> None:
+        """Release the backend (tests and in-process use). Deliberately not a `__del__`: Ray Data
+        calls that while the actor process exits, and closing MediaPipe graphs there blocks
+        forever, leaving the actor process (and its memory) behind. Nothing needs closing at
+        exit: every row finishes (uploads deleted, files written) before `__call__` returns."""
         loop = getattr(self, "_loop", None)
         if loop is None or loop.is_closed():
             return
@@ -188,12 +192,6 @@ class RerenderWorker:
                 loop.run_until_complete(self.backend.close())
         finally:
             loop.close()
-
-    def __del__(self):  # Ray Data calls it when the actor pool shuts down
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001
-            pass
 
 
 def _deterministic_torch() -> None:
