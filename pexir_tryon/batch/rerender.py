@@ -11,6 +11,10 @@
 4. The driver appends each finished batch's records to `results.jsonl` as it arrives, then
    compacts the file to one line per id, and prints `done=… skipped=… failed=…`.
 
+On a multi-node cluster (`--address`), `--out` and the images must be reachable from every node
+(a shared filesystem or an fsspec URL such as s3://...), since actors read and write them. One
+job at a time per output folder: two runs into the same `--out` would both render pending rows.
+
 Exit codes: 0 every row is done (now or before), 1 some rows failed (see results.jsonl),
 2 (from the CLI) the manifest was refused, 130 interrupted (finished rows are kept).
 """
