@@ -180,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     rerender.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray)")
     rerender.add_argument("--backend", default="local", choices=["local", "alibaba"])
     rerender.add_argument("--concurrency", type=int, default=None, help="actors in the pool (default: one per 2 CPUs or per GPU)")
+    rerender.add_argument("--batch-size", type=int, default=4, help="rows per actor call (default 4)")
     rerender.set_defaults(func=cmd_rerender)
 
     bench = sub.add_parser("bench", help="run the benchmark suite (see benchmarks/)")
