@@ -16,14 +16,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.formparsers import MultiPartParser
 
 from ..backends.base import TryOnJob
 from ..config import Settings
 from ..errors import TryOnError
 from ..images import decode_image, encode_jpeg, encode_png
 from .auth import Caller, authenticate
-from .http_limits import RequestLimitsMiddleware
+from .http_limits import RequestLimitsMiddleware, install_upload_limit, refused_error
 from .schemas import ErrorBody, Health, PurgeResponse, ResultInfo, TryOnResponse, UploadResponse
 
 log = logging.getLogger(__name__)
@@ -66,6 +65,9 @@ async def _validation_error(_: Request, error: RequestValidationError) -> JSONRe
 
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+    cause = refused_error(error.__cause__)
+    if cause is not None:  # FastAPI wraps any failure while parsing the body (e.g. a file over the limit) in a 400
+        return error_json(cause)
     if error.status_code == 404:
         return error_json(TryOnError("not_found", "No such route; see /docs for the API."))
     return error_json(TryOnError("invalid_request", f"{error.detail}"))
@@ -73,6 +75,9 @@ async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse
 
 @app.exception_handler(Exception)
 async def _unexpected(_: Request, error: Exception) -> JSONResponse:
+    cause = refused_error(error)
+    if cause is not None:
+        return error_json(cause)
     log.error("unexpected error", extra={"event": "internal_error", "exc_type": type(error).__name__})
     return error_json(TryOnError("internal_error", "An unexpected server error; retry, and report the request id if it persists."))
 
@@ -113,9 +118,22 @@ def _iso(value: datetime | None) -> str:
     return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if value else ""
 
 
-def _current_limits() -> tuple[int, int, float]:
-    ingress = getattr(app.state, "ingress", None)
-    settings = ingress.settings if ingress is not None else Settings()
+_DEFAULT_SETTINGS: Settings | None = None
+
+
+def _current_limits(scope) -> tuple[int, int, float]:
+    """The limits of the ingress serving this request.
+
+    Serve runs a pickled copy of `app` (serve.ingress freezes it), and the replica's __init__ sets
+    `state.ingress` on that copy, not on this module's `app`: so read the app from the scope.
+    """
+    global _DEFAULT_SETTINGS
+    served = scope.get("app")
+    ingress = getattr(getattr(served, "state", None), "ingress", None)
+    if ingress is not None:
+        settings = ingress.settings
+    else:  # outside Serve, before the replica is constructed
+        settings = _DEFAULT_SETTINGS = _DEFAULT_SETTINGS or Settings()
     return settings.images.max_request_bytes, settings.serve.max_header_bytes, settings.serve.body_read_timeout_s
 
 
@@ -133,9 +151,9 @@ class TryOnIngress:
 
         self.settings = Settings(**settings)
         configure_logging(self.settings.log_level)
-        # Keep uploaded photos in memory while parsing: never spool them to a temp file on disk.
-        MultiPartParser.spool_max_size = self.settings.images.max_request_bytes
-        MultiPartParser.max_part_size = self.settings.images.max_request_bytes
+        # Keep uploaded photos in memory while parsing (never spooled to a temp file on disk), and
+        # refuse one file over max_upload_bytes as it streams in, before it is held whole.
+        install_upload_limit(self.settings.images.max_upload_bytes, self.settings.images.max_request_bytes)
         self.api_keys = [key.get_secret_value() for key in self.settings.api_keys]
         if not self.api_keys:
             log.warning("no API keys configured: serving loopback clients only, without a key", extra={"event": "auth_open_loopback"})
@@ -178,7 +196,7 @@ class TryOnIngress:
             raise TryOnError("invalid_request", f"Field 'steps': at most {self.settings.refiner.max_steps}.")
         backend_name = self._choose_backend(backend)
         person_image = await self._person_image(caller, person, person_upload_id)
-        garment_image = decode_image(await garment.read(), self.settings.images, what="garment", keep_alpha=True)
+        garment_image = await self._decode(await self._read_upload(garment, "garment"), "garment", keep_alpha=True)
 
         request_id = _request_id()
         job = TryOnJob(
@@ -190,7 +208,7 @@ class TryOnIngress:
         try:
             result = await self._admitted(caller.user_id, self.backends[backend_name].try_on(job))
             timings = dict(result.timings_s)
-            png = encode_png(result.image)
+            png = await asyncio.to_thread(encode_png, result.image)
             record = await asyncio.to_thread(self.store.put_result, caller.user_id, request_id, png, "image/png", save=save)
             status = "done"
         except TryOnError as error:
@@ -220,7 +238,7 @@ class TryOnIngress:
             )
             return JSONResponse(body.model_dump(mode="json"), headers=headers)
         if wants == "jpeg":
-            return Response(encode_jpeg(result.image), media_type="image/jpeg", headers=headers)
+            return Response(await asyncio.to_thread(encode_jpeg, result.image), media_type="image/jpeg", headers=headers)
         return Response(png, media_type="image/png", headers=headers)
 
     def _choose_backend(self, requested: str | None) -> str:
@@ -237,8 +255,20 @@ class TryOnIngress:
         if upload_id is not None:
             _, data = await asyncio.to_thread(self.store.get_upload, caller.user_id, upload_id)
         else:
-            data = await person.read()
-        return decode_image(data, self.settings.images, what="person")
+            data = await self._read_upload(person, "person")
+        return await self._decode(data, "person")
+
+    async def _read_upload(self, upload: UploadFile, what: str) -> bytes:
+        """The file's bytes, reading at most one byte over max_upload_bytes (image_too_large past it)."""
+        limit = self.settings.images.max_upload_bytes
+        data = await upload.read(limit + 1)
+        if len(data) > limit:
+            raise TryOnError("image_too_large", f"The {what} file is over the {limit}-byte limit; send a smaller file.")
+        return data
+
+    async def _decode(self, data: bytes, what: str, *, keep_alpha: bool = False):
+        """decode_image off the event loop: a large photo takes a CPU for a while."""
+        return await asyncio.to_thread(decode_image, data, self.settings.images, what=what, keep_alpha=keep_alpha)
 
     async def _admitted(self, user_id: str, work):
         """Run `work` within the replica's capacity, registered so a purge of the user can cancel it."""
@@ -271,9 +301,9 @@ class TryOnIngress:
 
     @app.post("/v1/uploads", response_model=UploadResponse, responses=ERROR_RESPONSES, summary="Keep a person photo for reuse with several garments")
     async def upload(self, person: UploadFile = File(...), caller: Caller = Depends(_caller)) -> UploadResponse:
-        data = await person.read()
-        image = decode_image(data, self.settings.images, what="person")
-        record = await asyncio.to_thread(self.store.put_upload, caller.user_id, encode_png(image), "image/png")
+        image = await self._decode(await self._read_upload(person, "person"), "person")
+        png = await asyncio.to_thread(encode_png, image)
+        record = await asyncio.to_thread(self.store.put_upload, caller.user_id, png, "image/png")
         return UploadResponse(upload_id=record.id, expires_at=record.expires_at)
 
     @app.get("/v1/results/{result_id}", response_class=Response, responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}, **ERROR_RESPONSES},
@@ -282,8 +312,8 @@ class TryOnIngress:
         record, data = await asyncio.to_thread(self.store.get_result, caller.user_id, result_id)
         headers = {"X-Expires-At": _iso(record.expires_at), "X-Result-Id": record.id}
         if _wants(request) == "jpeg":
-            image = decode_image(data, self.settings.images, what="result")
-            return Response(encode_jpeg(image), media_type="image/jpeg", headers=headers)
+            image = await self._decode(data, "result")
+            return Response(await asyncio.to_thread(encode_jpeg, image), media_type="image/jpeg", headers=headers)
         return Response(data, media_type=record.content_type, headers=headers)
 
     @app.post("/v1/results/{result_id}/save", response_model=ResultInfo, responses=ERROR_RESPONSES, summary="Keep a result until deleted")
