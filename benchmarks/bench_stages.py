@@ -1,8 +1,8 @@
 """Per-stage latency: geometry, garment warp and refine at 512x384 and 1024x768, and our geometry
 stage against bare MediaPipe calls on the same images.
 
-    python benchmarks/bench_stages.py --quick            # 1 photo pair, 3 runs, 4 refiner steps
-    python benchmarks/bench_stages.py                    # 2 photo pairs, 7 runs, default steps
+    python benchmarks/bench_stages.py --quick            # 1 photo pair, 3 runs (12 geometry pairs), 4 refiner steps
+    python benchmarks/bench_stages.py                    # 2 photo pairs, 7 runs (30 geometry pairs), default steps
     python benchmarks/bench_stages.py --device cuda      # warp and refine on the GPU, full-size refiner
 
 Inputs are real photos (sample:astronaut, sample:grace_hopper) scaled and padded, never cropped,
@@ -87,9 +87,11 @@ def _first(results):
 
 
 def measure_stages(cases: list[dict], *, runs: int, detector, warper, refiner=None, bare: BareMediaPipe | None = None,
-                   steps: int | None = None, seed: int = 0, warmup: bool = True, show_progress: bool = True,
-                   sync=None) -> list[dict]:
-    """Time every stage on every case, `runs` times. Returns one sample per (run, case, stage):
+                   geometry_runs: int | None = None, steps: int | None = None, seed: int = 0, warmup: bool = True,
+                   show_progress: bool = True, sync=None) -> list[dict]:
+    """Time every stage on every case, `runs` times; then, up to `geometry_runs` in all, only the
+    cheap geometry-vs-bare-MediaPipe pairs (a ratio needs more pairs than a latency needs runs).
+    Returns one sample per (run, case, stage):
     ``{"run", "size", "photo", "garment", "stage", "seconds"}``, or ``"error"`` (a TryOnError code)
     instead of ``"seconds"`` when a stage rejected the case (its later stages are then skipped).
 
@@ -108,7 +110,7 @@ def measure_stages(cases: list[dict], *, runs: int, detector, warper, refiner=No
             sync()
         return time.perf_counter() - started, value
 
-    def one(run: int, case: dict, out: list[dict] | None) -> None:
+    def one(run: int, case: dict, out: list[dict] | None, geometry_only: bool = False) -> None:
         base = {"run": run, "size": case["size"], "photo": case["photo"], "garment": case["garment_name"]}
 
         def record(stage: str, **value) -> None:
@@ -131,6 +133,8 @@ def measure_stages(cases: list[dict], *, runs: int, detector, warper, refiner=No
         except TryOnError as error:
             record("geometry", error=error.code)
             return
+        if geometry_only:
+            return
         try:
             seconds, warped = clock(lambda r: _first(warper.warp_batch([r])), WarpRequest(person=person, garment=case["garment"], geometry=geometry))
             record("warp", seconds=seconds)
@@ -152,10 +156,11 @@ def measure_stages(cases: list[dict], *, runs: int, detector, warper, refiner=No
                 seen.add(case["size"])
                 one(-1, case, None)
     samples: list[dict] = []
-    bar = progress(total=runs * len(cases), desc="stages", enabled=show_progress)
-    for run in range(runs):
+    total_runs = max(runs, geometry_runs or 0)
+    bar = progress(total=total_runs * len(cases), desc="stages", enabled=show_progress)
+    for run in range(total_runs):
         for case in cases:
-            one(run, case, samples)
+            one(run, case, samples, geometry_only=run >= runs)
             bar.update(1)
     bar.close()
     return samples
@@ -207,7 +212,7 @@ def print_table(summary: dict) -> None:
             print(f"{size:>9} {stage:>15} {stats['n']:>3} {stats['median'] * 1000:>10.1f} {stats['p95'] * 1000:>9.1f} {stats['iqr_over_median'] or 0:>8.2f}")
         ratio = entry.get("geometry_vs_mediapipe_bare")
         if ratio and ratio["ratio_of_medians"]:
-            print(f"{size:>9} {'ours / bare MP':>15}   x{ratio['ratio_of_medians']:.3f} (pair ratios IQR/median {ratio['pair_ratio_iqr_over_median']})")
+            print(f"{size:>9} {'ours / bare MP':>15}   x{ratio['median_pair_ratio']:.3f} median of {ratio['n_pairs']} pair ratios (IQR/median {ratio['pair_ratio_iqr_over_median']})")
         for error_stage, counts in entry.get("errors", {}).items():
             print(f"{size:>9} {error_stage:>15} rejected: {counts}")
 
@@ -225,6 +230,7 @@ def run(args) -> dict:
     info = machine(device)
     settings = Settings(device=device)
     runs = args.runs or (3 if args.quick else 7)
+    geometry_runs = max(runs, args.geometry_runs or (12 if args.quick else 30))
     pairs = PAIRS[:1] if args.quick else PAIRS
     steps = args.steps if args.steps is not None else (4 if args.quick else None)
     sizes = {label: SIZES[label] for label in (args.size or list(SIZES))}
@@ -260,8 +266,9 @@ def run(args) -> dict:
         sync = torch.cuda.synchronize
 
     cases = bench_inputs(sizes, pairs)
-    print(f"stages: {len(cases)} cases x {runs} runs on {device} ({'quick' if args.quick else 'full'}), refiner {refiner_info and refiner_info['kind']}", file=sys.stderr)
-    samples = measure_stages(cases, runs=runs, detector=detector, warper=warper, refiner=refiner, bare=bare, steps=steps, sync=sync)
+    print(f"stages: {len(cases)} cases x {runs} runs (+ geometry-only up to {geometry_runs}) on {device} ({'quick' if args.quick else 'full'}), refiner {refiner_info and refiner_info['kind']}", file=sys.stderr)
+    samples = measure_stages(cases, runs=runs, geometry_runs=geometry_runs, detector=detector, warper=warper, refiner=refiner, bare=bare,
+                             steps=steps, sync=sync)
     detector.close()
     bare.close()
     summary = summarize(samples)
@@ -270,6 +277,7 @@ def run(args) -> dict:
         "quick": args.quick,
         "torch_threads": info.get("torch_threads"),
         "runs": runs,
+        "geometry_runs": geometry_runs,
         "warmup": "one untimed pass of the first case of each size",
         "sizes": {label: list(hw) for label, hw in sizes.items()},
         "pairs": [list(p) for p in pairs],
@@ -287,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one photo pair, 3 runs, 4 refiner steps")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (warp and refine; MediaPipe is CPU)")
     parser.add_argument("--runs", type=int, default=None, help="timed runs (default 3 quick, 7 full)")
+    parser.add_argument("--geometry-runs", type=int, default=None, help="geometry vs bare MediaPipe pairs per case (default 12 quick, 30 full)")
     parser.add_argument("--steps", type=int, default=None, help="refiner steps (default 4 quick, the configured default otherwise)")
     parser.add_argument("--size", choices=list(SIZES), action="append", help="portrait size (repeatable; default both)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (on a shared CPU, 1 avoids OpenMP spin-wait collapse)")

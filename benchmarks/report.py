@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import RESULTS, SIZES, describe  # noqa: E402
+from benchlib import RESULTS, describe  # noqa: E402
 
 PARTS = ("stages", "serving", "load", "cold_start", "refiner", "batch")
 DEVICES = ("cpu", "cuda")
@@ -144,10 +144,13 @@ def plot_serving(data: dict, path: Path) -> Path:
     local = [s["seconds"] for s in samples if s["mode"] == "in_process"]
     http = [s["seconds"] for s in samples if s["mode"] == "http"]
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    ax.boxplot([local, http], labels=["in-process", "HTTP via Ray Serve"], showfliers=True)
+    ax.boxplot([local, http], showfliers=True)
+    ax.set_xticks([1, 2], ["in-process", "HTTP via Ray Serve"])
     r = data["summary"]["http_vs_in_process"]
     ax.set_ylabel("seconds per request")
-    ax.set_title(f"Same requests, interleaved ({data['config']['device']}): HTTP/in-process {ratio(r['ratio_of_medians'])}", fontsize=9)
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"Same requests, interleaved ({data['config']['device']}): HTTP ÷ in-process {ratio(r['median_pair_ratio'])} "
+                 f"(median of {r['n_pairs']} pairs)", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -222,8 +225,8 @@ def headline_rows(parts: dict[str, dict]) -> list[list[str]]:
     if stages:
         for size, entry in stages["summary"]["per_size"].items():
             r = entry.get("geometry_vs_mediapipe_bare")
-            if r and r.get("ratio_of_medians"):
-                rows.append([f"Geometry stage ÷ bare MediaPipe (same 4 solutions, same image), {size}", ratio(r["ratio_of_medians"]),
+            if r and r.get("median_pair_ratio"):
+                rows.append([f"Geometry stage ÷ bare MediaPipe (same 4 solutions, same image), {size}, {r['n_pairs']} pairs", ratio(r["median_pair_ratio"]),
                              noise(r.get("pair_ratio_iqr_over_median")),
                              f"{ms(entry['stages']['geometry']['median'])} vs {ms(entry['stages']['mediapipe_bare']['median'])}"])
         for size, entry in stages["summary"]["per_size"].items():
@@ -240,7 +243,7 @@ def headline_rows(parts: dict[str, dict]) -> list[list[str]]:
     serving = parts.get("serving")
     if serving:
         r = serving["summary"]["http_vs_in_process"]
-        rows.append(["HTTP through Ray Serve ÷ in-process, same requests, one interleaved run", ratio(r.get("ratio_of_medians")),
+        rows.append([f"HTTP through Ray Serve ÷ in-process, same requests, {r['n_pairs']} interleaved pairs", ratio(r.get("median_pair_ratio")),
                      noise(r.get("pair_ratio_iqr_over_median")),
                      f"+{ms(r.get('median_difference_s'))} per request ({ms(serving['summary']['in_process']['median'])} → {ms(serving['summary']['http']['median'])})"])
     load = parts.get("load")
@@ -248,12 +251,12 @@ def headline_rows(parts: dict[str, dict]) -> list[list[str]]:
         best = load["summary"]["best"]
         base = load["summary"]["base_concurrency"]
         worst_noise = max((lvl["latency"].get("iqr_over_median") or 0) for lvl in load["summary"]["levels"] if lvl["latency"]["n"])
-        rows.append([f"Throughput at best concurrency ({best['concurrency']}) ÷ concurrency {base}", ratio(best["throughput_vs_base"]),
+        rows.append([f"Throughput, best level ({best['concurrency']} client{'s' if best['concurrency'] != 1 else ''}) ÷ {base} client{'s' if base != 1 else ''}", ratio(best["throughput_vs_base"]),
                      f"latency {noise(worst_noise)}", f"{best['throughput_rps']:.2f} req/s"])
         p95 = load["summary"].get("p95_at_top_vs_base")
         if p95:
             top = next(lvl for lvl in load["summary"]["levels"] if lvl["concurrency"] == p95["concurrency"])
-            rows.append([f"p95 latency at concurrency {p95['concurrency']} ÷ at {base}", ratio(p95["ratio"]),
+            rows.append([f"p95 latency at {p95['concurrency']} clients ÷ at {base}", ratio(p95["ratio"]),
                          f"errors {top['error_rate']:.0%}, 503s {top['rate_503']:.0%}", secs(top["p95_s"])])
     refiner = parts.get("refiner")
     if refiner and refiner.get("results"):
@@ -269,9 +272,13 @@ def headline_rows(parts: dict[str, dict]) -> list[list[str]]:
     batch = parts.get("batch")
     if batch and batch.get("medians"):
         best = max((m for m in batch["medians"] if m["mode"] != "sequential"), key=lambda m: m["rows_per_s"], default=None)
+        seq = next((m for m in batch["medians"] if m["mode"] == "sequential"), None)
         if best:
-            rows.append([f"Batch job rows/s ÷ sequential loop (Ray Data, {best['actors']} actor(s), incl. start-up)",
-                         ratio(best.get("speedup_vs_sequential")), _batch_noise(batch, best), f"{best['rows_per_s']:.2f} rows/s"])
+            rows.append([f"Batch job rows/s ÷ sequential loop (Ray Data, {best['actors']} actor(s), {batch.get('config', {}).get('rows')} rows, incl. start-up)",
+                         ratio(best.get("speedup_vs_sequential")), _batch_noise(batch, best), f"{best['rows_per_s']:.2f} vs {seq['rows_per_s']:.2f} rows/s" if seq else ""])
+            if seq and best.get("steady_rows_per_s") and seq.get("steady_rows_per_s"):
+                rows.append(["  the same, steady state (start-up left out)", ratio(best["steady_rows_per_s"] / seq["steady_rows_per_s"]), "",
+                             f"{best['steady_rows_per_s']:.2f} vs {seq['steady_rows_per_s']:.2f} rows/s"])
     cold = parts.get("cold_start")
     if cold and cold["summary"]["first_200_s"]["n"]:
         c = cold["summary"]["first_200_s"]
@@ -296,7 +303,8 @@ def device_section(device: str, parts: dict[str, dict]) -> list[str]:
     lines.append(f"## {device.upper()}: {hw}, {info.get('platform', '')}")
     lines.append("")
     load_text = ", ".join(f"{x[0]:.1f}" for x in loads if x)
-    lines.append(f"Runs: {', '.join(f'{p} ({d.get('created', '?')}{', quick' if quick[p] else ''})' for p, d in parts.items())}. "
+    runs = ", ".join(f"{p} ({d.get('created', '?')}{', quick' if quick[p] else ''})" for p, d in parts.items())
+    lines.append(f"Runs: {runs}. "
                  f"1-minute load average when each part started: {load_text or '?'} "
                  f"(on {info.get('cpu_count')} cores; above the core count, other jobs were competing).")
     lines.append("")
@@ -345,10 +353,12 @@ def device_section(device: str, parts: dict[str, dict]) -> list[str]:
                          ms(s["proxy_and_client_s"]["p95"]), noise(s["proxy_and_client_s"]["iqr_over_median"])])
         lines += table(["path", "n", "median", "p95", "IQR/median"], rows)
         lines.append("")
-        extra = [f"{k.split('_')[0]} via deployment handle ÷ in-process call {ratio(v.get('ratio_of_medians'))} (noise {noise(v.get('pair_ratio_iqr_over_median'))})"
+        extra = [f"{k.split('_')[0]} stage via its deployment handle ÷ the same call in-process {ratio(v.get('median_pair_ratio'))} (noise {noise(v.get('pair_ratio_iqr_over_median'))})"
                  for k, v in s.items() if k.endswith("_handle_vs_in_process")]
-        lines.append(f"Ratio HTTP ÷ in-process: {ratio(r['ratio_of_medians'])} (ratio of medians); per-pair ratios median {ratio(r.get('median_pair_ratio'))}, "
-                     f"range {ratio(r.get('pair_ratio_min'))} – {ratio(r.get('pair_ratio_max'))}. " + "; ".join(extra) + ".")
+        lines.append(f"HTTP ÷ in-process: median of the per-pair ratios {ratio(r.get('median_pair_ratio'))} (range {ratio(r.get('pair_ratio_min'))} – "
+                     f"{ratio(r.get('pair_ratio_max'))}); ratio of the medians {ratio(r['ratio_of_medians'])}. " + "; ".join(extra) + ".")
+        lines.append("")
+        lines.append(f"![serving](serving_{device}.png)")
         lines.append("")
 
     load = parts.get("load")

@@ -65,11 +65,11 @@ def commands(parts: list[str], *, quick: bool, device: str, threads: int | None,
         runs.append(("+".join(service), [py, str(HERE / "bench_service.py"), "--parts", *service, *common, *thread_args, "--out", str(out),
                                          *(["--quick"] if quick else [])]))
     if "refiner" in parts:
-        cmd = [py, str(HERE / "bench_refiner.py"), *common, *thread_args, "--out", str(out / f"refiner_{label}.json")]
-        if device.startswith("cuda"):
-            from benchlib import ensure_refiner
+        from benchlib import ensure_refiner
 
-            cmd += ["--model-dir", str(ensure_refiner(device)[0])]
+        # the cached random model (tiny on CPU, full-size on CUDA), so the program does not rebuild it
+        cmd = [py, str(HERE / "bench_refiner.py"), *common, *thread_args, "--out", str(out / f"refiner_{label}.json"),
+               "--model-dir", str(ensure_refiner(device)[0])]
         if quick:
             # the owner's --quick sweeps 2 resolutions x 2 step counts x 3 batch sizes: minutes on 2 CPU cores
             cmd += ["--quick"] + ([] if device.startswith("cuda") else ["--resolution", "512x384", "--batch", "1", "--batch", "2", "--steps", "4", "--repeats", "3"])

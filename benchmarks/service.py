@@ -133,7 +133,7 @@ class ServiceProcess:
             env["OMP_NUM_THREADS"] = str(self.threads)  # Ray's workers inherit it (Ray does not override a set value)
         self._log = open(self.log_path, "wb")
         self.spawned_at = time.time()
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, env=env, cwd=str(ROOT), start_new_session=True)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, env=env, cwd=str(ROOT), process_group=0)
         threading.Thread(target=self._read_events, daemon=True).start()
 
     def _read_events(self) -> None:
