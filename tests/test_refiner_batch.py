@@ -20,6 +20,17 @@ MAX_LEVEL_DIFF = 2
 MAX_DIFFERING_FRACTION = 0.002
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The tiny model gains nothing from threads; on shared cores OpenMP spin-waiting makes 2 threads 3-10x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_refiner_dir(tmp_path_factory) -> Path:
     """The tiny random refiner, built once per test session (shared by the test_refiner_* files)."""

@@ -113,7 +113,7 @@ def cut(image: np.ndarray, repaint: np.ndarray, plan: CropPlan) -> tuple[np.ndar
     x0, y0, x1, y1 = plan.box
     work_w, work_h = plan.work
     scaled_w, scaled_h = plan.scaled
-    crop = _resize(image[y0:y1, x0:x1], plan.scaled)
+    crop = _resize(np.ascontiguousarray(image[y0:y1, x0:x1]), plan.scaled)
     canvas = cv2.copyMakeBorder(crop, 0, work_h - scaled_h, 0, work_w - scaled_w, cv2.BORDER_REPLICATE)
     coverage = _resize(repaint[y0:y1, x0:x1].astype(np.float32), plan.scaled)
     mask = np.zeros((work_h, work_w), dtype=bool)
