@@ -90,12 +90,31 @@ def ray_session(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def service_settings(tmp_path_factory) -> dict:
+def tiny_refiner_dir(tmp_path_factory):
+    """The tiny random refiner in the real on-disk layout, built once per session (no download)."""
+    from pexir_tryon.refine import MANIFEST_FILENAME
+    from pexir_tryon.refine.synthetic import build_random_refiner
+
+    path = tmp_path_factory.getbasetemp() / "tiny-refiner"
+    if not (path / MANIFEST_FILENAME).is_file():
+        build_random_refiner(path, "tiny")
+    return path
+
+
+@pytest.fixture(scope="session")
+def service_settings(tmp_path_factory, tiny_refiner_dir) -> dict:
     data_dir = tmp_path_factory.mktemp("service-data")
     return {
         "data_dir": str(data_dir),
+        # All three stages run: the refiner is the tiny random model, kept cheap for 2 CPU cores.
+        "refiner": {"model_dir": str(tiny_refiner_dir), "resolution": 64, "steps": 2},
         "api_keys": [SERVICE_KEY],
-        "serve": {"max_ongoing_requests": SERVICE_MAX_ONGOING, "max_queued_requests": SERVICE_MAX_QUEUED, "stage_timeout_s": 60},
+        "serve": {
+            "max_ongoing_requests": SERVICE_MAX_ONGOING,
+            "max_queued_requests": SERVICE_MAX_QUEUED,
+            "stage_timeout_s": 60,
+            "body_read_timeout_s": 5,  # lets the slow-client tests see a 408 quickly
+        },
         "store": {"key_file": str(data_dir / "keys" / "blob.key")},
     }
 

@@ -353,8 +353,8 @@ def test_missing_fields_are_invalid_request(client, person_png, tshirt_png, case
     assert_error(response, 422, "invalid_request")
 
 
-def test_unknown_category_is_invalid_request(client, person_png, tshirt_png):
-    error = assert_error(tryon(client, person_png, tshirt_png, category="hat"), 422, "invalid_request")
+def test_unknown_category_is_unsupported_category(client, person_png, tshirt_png):
+    error = assert_error(tryon(client, person_png, tshirt_png, category="hat"), 422, "unsupported_category")
     assert "category" in error["message"]
 
 

@@ -39,3 +39,23 @@ def test_the_same_inputs_give_the_same_image(pipeline, photos, garments):
     first = pipeline(photos["camera"], garments["tshirt_striped"], seed=3)
     second = pipeline(photos["camera"], garments["tshirt_striped"], seed=3)
     assert np.array_equal(first.image, second.image)
+
+
+@pytest.fixture(scope="module")
+def refined_pipeline(detector, warper, tiny_refiner_dir):
+    from pexir_tryon.config import RefinerSettings
+    from pexir_tryon.refine import DiffusionRefiner, load_refiner_model
+
+    settings = RefinerSettings(model_dir=tiny_refiner_dir, resolution=64, steps=2)
+    refiner = DiffusionRefiner(load_refiner_model(tiny_refiner_dir, "cpu", settings), settings)
+    return TryOnPipeline(InProcessStages(detector=detector, warper=warper, refiner=refiner))
+
+
+def test_with_a_refiner_all_three_stages_run_and_the_face_is_kept(refined_pipeline, pipeline, photos, garments, geometries):
+    result = refined_pipeline(photos["grace_hopper"], garments["tshirt"], seed=1)
+    assert result.refined and set(result.timings_s) == {"geometry", "warp", "refine"}
+    assert result.image.shape == photos["grace_hopper"].shape
+    x0, y0, x1, y1 = (int(round(v)) for v in geometries["grace_hopper"].face_box)
+    assert np.array_equal(result.image[y0:y1, x0:x1], photos["grace_hopper"][y0:y1, x0:x1])
+    unrefined = pipeline(photos["grace_hopper"], garments["tshirt"], seed=1)
+    assert not np.array_equal(result.image, unrefined.image)  # the refiner did repaint the garment

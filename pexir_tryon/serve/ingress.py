@@ -60,6 +60,8 @@ async def _tryon_error(_: Request, error: TryOnError) -> JSONResponse:
 async def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
     first = error.errors()[0] if error.errors() else {}
     field = ".".join(str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header"))
+    if field == "category":  # the same code the CLI and the batch job give
+        return error_json(TryOnError("unsupported_category", "Unknown category; use one of: upper, lower, dress, auto."))
     return error_json(TryOnError("invalid_request", f"Field '{field or '?'}': {first.get('msg', 'invalid')}."))
 
 
