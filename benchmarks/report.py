@@ -25,16 +25,25 @@ DEVICES = ("cpu", "cuda")
 
 
 def load_results(out: Path) -> dict[str, dict[str, dict]]:
-    """{device: {part: data}} for every <part>_<device>.json present."""
+    """{device: {part: data}} for every <part>_<device>.json present. For the refiner and batch
+    programs (other owners' files) the suite's own run, <part>_<device>.suite.json, is used when it
+    is newer than the owner's recorded run. data["_source"] names the file used."""
     found: dict[str, dict[str, dict]] = {}
     for device in DEVICES:
         for part in PARTS:
-            path = out / f"{part}_{device}.json"
-            if path.is_file():
-                try:
-                    found.setdefault(device, {})[part] = json.loads(path.read_text())
-                except ValueError:
-                    print(f"skipping unreadable {path}", file=sys.stderr)
+            candidates = []
+            for name in (f"{part}_{device}.json", f"{part}_{device}.suite.json"):
+                path = out / name
+                if path.is_file():
+                    try:
+                        data = json.loads(path.read_text())
+                    except ValueError:
+                        print(f"skipping unreadable {path}", file=sys.stderr)
+                        continue
+                    data["_source"] = name
+                    candidates.append(data)
+            if candidates:
+                found.setdefault(device, {})[part] = max(candidates, key=lambda d: str(d.get("created", "")))
     return found
 
 
@@ -109,20 +118,27 @@ def plot_load(data: dict, path: Path) -> Path:
     rows = data["summary"]["levels"]
     conc = [r["concurrency"] for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8))
-    left.plot(conc, [r["throughput_rps"] or 0 for r in rows], "o-", label="200s per second")
-    for r in rows:
-        if r["error_rate"]:
-            left.annotate(f"{r['error_rate']:.0%} err\n{r['rate_503']:.0%} 503", (r["concurrency"], r["throughput_rps"] or 0), fontsize=7,
-                          textcoords="offset points", xytext=(4, 4))
+    throughput = [r["throughput_rps"] or 0 for r in rows]
+    left.plot(conc, throughput, "o-", color="C0", label="200s per second")
     left.set_xscale("log", base=2)
+    left.set_xticks(conc, [str(c) for c in conc])
+    left.minorticks_off()
     left.set_xlabel("concurrent clients")
-    left.set_ylabel("throughput, requests/s")
-    left.set_ylim(bottom=0)
+    left.set_ylabel("throughput, requests/s", color="C0")
+    left.set_ylim(0, max(throughput + [0.1]) * 1.25)
     left.grid(alpha=0.3)
-    left.set_title("Throughput", fontsize=9)
+    rates = left.twinx()
+    rates.bar([c * 0.93 for c in conc], [100 * (r["error_rate"] or 0) for r in rows], width=[c * 0.12 for c in conc], color="C3", alpha=0.5, label="errors %")
+    rates.bar([c * 1.07 for c in conc], [100 * (r["rate_503"] or 0) for r in rows], width=[c * 0.12 for c in conc], color="C1", alpha=0.5, label="503 %")
+    rates.set_ylim(0, 100)
+    rates.set_ylabel("errors / 503s, % of requests")
+    rates.legend(loc="upper left", fontsize=7)
+    left.set_title("Throughput (line) and error rates (bars)", fontsize=9)
     for key, style in (("p50_s", "o-"), ("p95_s", "s--"), ("p99_s", "^:")):
         right.plot(conc, [r[key] or float("nan") for r in rows], style, label=key[:-2])
     right.set_xscale("log", base=2)
+    right.set_xticks(conc, [str(c) for c in conc])
+    right.minorticks_off()
     right.set_xlabel("concurrent clients")
     right.set_ylabel("latency of 200s, s")
     right.set_ylim(bottom=0)
@@ -258,27 +274,30 @@ def headline_rows(parts: dict[str, dict]) -> list[list[str]]:
             top = next(lvl for lvl in load["summary"]["levels"] if lvl["concurrency"] == p95["concurrency"])
             rows.append([f"p95 latency at {p95['concurrency']} clients ÷ at {base}", ratio(p95["ratio"]),
                          f"errors {top['error_rate']:.0%}, 503s {top['rate_503']:.0%}", secs(top["p95_s"])])
-    refiner = parts.get("refiner")
-    if refiner and refiner.get("results"):
-        res = refiner["results"]
-        for (label, steps) in sorted({(r["resolution"], r["steps"]) for r in res}):
-            group = sorted((r for r in res if r["resolution"] == label and r["steps"] == steps), key=lambda r: r["batch"])
-            if len(group) >= 2:
-                noise_max = max(describe(r["samples_s"])["iqr_over_median"] or 0 for r in group)
-                rows.append([f"Refiner images/s, batch {group[-1]['batch']} ÷ batch {group[0]['batch']} ({label}, {steps} steps)",
-                             ratio(group[-1]["images_per_s"] / group[0]["images_per_s"]), noise(noise_max),
-                             f"{group[0]['images_per_s']:.2f} → {group[-1]['images_per_s']:.2f} images/s"])
-                break
-    batch = parts.get("batch")
-    if batch and batch.get("medians"):
-        best = max((m for m in batch["medians"] if m["mode"] != "sequential"), key=lambda m: m["rows_per_s"], default=None)
-        seq = next((m for m in batch["medians"] if m["mode"] == "sequential"), None)
-        if best:
-            rows.append([f"Batch job rows/s ÷ sequential loop (Ray Data, {best['actors']} actor(s), {batch.get('config', {}).get('rows')} rows, incl. start-up)",
-                         ratio(best.get("speedup_vs_sequential")), _batch_noise(batch, best), f"{best['rows_per_s']:.2f} vs {seq['rows_per_s']:.2f} rows/s" if seq else ""])
-            if seq and best.get("steady_rows_per_s") and seq.get("steady_rows_per_s"):
-                rows.append(["  the same, steady state (start-up left out)", ratio(best["steady_rows_per_s"] / seq["steady_rows_per_s"]), "",
-                             f"{best['steady_rows_per_s']:.2f} vs {seq['steady_rows_per_s']:.2f} rows/s"])
+    try:  # other owners' file formats: a change there must not break the page
+        refiner = parts.get("refiner")
+        if refiner and refiner.get("results"):
+            res = refiner["results"]
+            for (label, steps) in sorted({(r["resolution"], r["steps"]) for r in res}):
+                group = sorted((r for r in res if r["resolution"] == label and r["steps"] == steps), key=lambda r: r["batch"])
+                if len(group) >= 2:
+                    noise_max = max(describe(r["samples_s"])["iqr_over_median"] or 0 for r in group)
+                    rows.append([f"Refiner images/s, batch {group[-1]['batch']} ÷ batch {group[0]['batch']} ({label}, {steps} steps)",
+                                 ratio(group[-1]["images_per_s"] / group[0]["images_per_s"]), noise(noise_max),
+                                 f"{group[0]['images_per_s']:.2f} → {group[-1]['images_per_s']:.2f} images/s"])
+                    break
+        batch = parts.get("batch")
+        if batch and batch.get("medians"):
+            best = max((m for m in batch["medians"] if m["mode"] != "sequential"), key=lambda m: m["rows_per_s"], default=None)
+            seq = next((m for m in batch["medians"] if m["mode"] == "sequential"), None)
+            if best:
+                rows.append([f"Batch job rows/s ÷ sequential loop (Ray Data, {best['actors']} actor(s), {batch.get('config', {}).get('rows')} rows, incl. start-up)",
+                             ratio(best.get("speedup_vs_sequential")), _batch_noise(batch, best), f"{best['rows_per_s']:.2f} vs {seq['rows_per_s']:.2f} rows/s" if seq else ""])
+                if seq and best.get("steady_rows_per_s") and seq.get("steady_rows_per_s"):
+                    rows.append(["  the same, steady state (start-up left out)", ratio(best["steady_rows_per_s"] / seq["steady_rows_per_s"]), "",
+                                 f"{best['steady_rows_per_s']:.2f} vs {seq['steady_rows_per_s']:.2f} rows/s"])
+    except (KeyError, TypeError, ValueError, ZeroDivisionError, StopIteration) as exc:
+        rows.append([f"(refiner/batch figures unavailable: {type(exc).__name__})", "–", "–", ""])
     cold = parts.get("cold_start")
     if cold and cold["summary"]["first_200_s"]["n"]:
         c = cold["summary"]["first_200_s"]
@@ -393,7 +412,7 @@ def device_section(device: str, parts: dict[str, dict]) -> list[str]:
     refiner = parts.get("refiner")
     if refiner:
         cfg = refiner.get("config", {})
-        lines.append("### Refiner (benchmarks/bench_refiner.py)")
+        lines.append(f"### Refiner (benchmarks/bench_refiner.py, `{refiner.get('_source')}`)")
         lines.append("")
         lines.append(f"Model {cfg.get('model')}, device {cfg.get('device')}, {cfg.get('repeats')} timed calls per configuration after {cfg.get('warmup_calls')} warm-up.")
         lines.append("")
@@ -411,7 +430,7 @@ def device_section(device: str, parts: dict[str, dict]) -> list[str]:
     batch = parts.get("batch")
     if batch:
         cfg = batch.get("config", {})
-        lines.append("### Batch re-render (benchmarks/bench_batch.py)")
+        lines.append(f"### Batch re-render (benchmarks/bench_batch.py, `{batch.get('_source')}`)")
         lines.append("")
         lines.append(f"{cfg.get('rows')} rows, {cfg.get('repeats')} repeat(s), batch size {cfg.get('batch_size')}. {cfg.get('notes', '')}")
         lines.append("")
@@ -431,11 +450,18 @@ def write_summary(results: dict[str, dict[str, dict]], out: Path, *, suite: dict
              "machine hits both sides of it; that is why ratios lead on CPU machines.", ""]
     if suite:
         parts = ", ".join(f"{p['part']} {p['seconds']:.0f} s{'' if p['rc'] == 0 else ' (FAILED)'}" for p in suite.get("parts", []))
-        lines += [f"Last suite run: {'quick' if suite.get('quick') else 'full'}, device {suite.get('device')}, {suite.get('total_seconds', 0):.0f} s in all ({parts}).", ""]
+        cpu = suite.get("cpu_seconds")
+        loads = suite.get("load_average_at_start") or []
+        lines += [f"Last whole-suite run: {'quick' if suite.get('quick') else 'full'}, device {suite.get('device')}, {suite.get('total_seconds', 0):.0f} s wall "
+                  f"({parts})" + (f"; it used {cpu:.0f} CPU-seconds on {suite.get('cpu_count')} cores" if cpu else "")
+                  + (f", with a 1-minute load average of {loads[0]:.1f} at its start" if loads else "") + ".", ""]
     if not results:
         lines.append("No results yet.")
     for device, parts_data in results.items():
-        lines += device_section(device, parts_data)
+        try:
+            lines += device_section(device, parts_data)
+        except Exception as exc:  # noqa: BLE001 - an unexpected file layout must not lose the page
+            lines += [f"## {device.upper()}", "", f"Could not render this section ({type(exc).__name__}: {exc}); see the JSON files.", ""]
     path = out / "SUMMARY.md"
     path.write_text("\n".join(lines).rstrip() + "\n")
     return path

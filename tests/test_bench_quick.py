@@ -130,3 +130,19 @@ def test_cli_bench_without_the_benchmarks_folder_says_so(monkeypatch, tmp_path, 
     args = cli.build_parser().parse_args(["bench", "--quick"])
     assert cli.cmd_bench(args) == cli.EXIT_FAILED
     assert "benchmarks_not_found" in capsys.readouterr().err
+
+
+def test_report_uses_the_newer_of_the_owners_file_and_the_suites_copy(tmp_path):
+    import json
+
+    import report
+
+    (tmp_path / "batch_cpu.json").write_text(json.dumps({"created": "2026-01-02T00:00:00Z", "medians": []}))
+    (tmp_path / "batch_cpu.suite.json").write_text(json.dumps({"created": "2026-01-01T00:00:00Z", "medians": []}))
+    (tmp_path / "refiner_cpu.json").write_text(json.dumps({"created": "2026-01-01T00:00:00Z", "results": []}))
+    (tmp_path / "refiner_cpu.suite.json").write_text(json.dumps({"created": "2026-01-03T00:00:00Z", "results": []}))
+    found = report.load_results(tmp_path)["cpu"]
+    assert found["batch"]["_source"] == "batch_cpu.json"
+    assert found["refiner"]["_source"] == "refiner_cpu.suite.json"
+    summary = report.write_summary(report.load_results(tmp_path), tmp_path)
+    assert summary.read_text().startswith("# Benchmark results")
