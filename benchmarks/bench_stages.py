@@ -92,8 +92,10 @@ def measure_stages(cases: list[dict], *, runs: int, detector, warper, refiner=No
     """Time every stage on every case, `runs` times; then, up to `geometry_runs` in all, only the
     cheap geometry-vs-bare-MediaPipe pairs (a ratio needs more pairs than a latency needs runs).
     Returns one sample per (run, case, stage):
-    ``{"run", "size", "photo", "garment", "stage", "seconds"}``, or ``"error"`` (a TryOnError code)
-    instead of ``"seconds"`` when a stage rejected the case (its later stages are then skipped).
+    ``{"run", "size", "photo", "garment", "stage", "seconds", "cpu_seconds"}`` (wall clock, and the
+    process's CPU time over the call: on a shared machine the wall time includes waiting for a core,
+    the CPU time does not), or ``"error"`` (a TryOnError code) instead of the times when a stage
+    rejected the case (its later stages are then skipped).
 
     `cases` are dicts from ``common.bench_inputs`` (size, photo, garment_name, person, garment).
     `sync`, if given, is called before each clock read (e.g. ``torch.cuda.synchronize``)."""
@@ -104,11 +106,12 @@ def measure_stages(cases: list[dict], *, runs: int, detector, warper, refiner=No
     def clock(fn, *args):
         if sync is not None:
             sync()
+        cpu_started = time.process_time()
         started = time.perf_counter()
         value = fn(*args)
         if sync is not None:
             sync()
-        return time.perf_counter() - started, value
+        return {"seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu_started}, value
 
     def one(run: int, case: dict, out: list[dict] | None, geometry_only: bool = False) -> None:
         base = {"run": run, "size": case["size"], "photo": case["photo"], "garment": case["garment_name"]}
@@ -122,22 +125,22 @@ def measure_stages(cases: list[dict], *, runs: int, detector, warper, refiner=No
         geometry = None
         try:
             if ours_first:
-                seconds, geometry = clock(detector.detect, person)
-                record("geometry", seconds=seconds)
+                times, geometry = clock(detector.detect, person)
+                record("geometry", **times)
             if bare is not None:
-                record("mediapipe_bare", seconds=clock(bare.all, person)[0])
-                record("mediapipe_pose", seconds=clock(bare.pose_only, person)[0])
+                record("mediapipe_bare", **clock(bare.all, person)[0])
+                record("mediapipe_pose", **clock(bare.pose_only, person)[0])
             if not ours_first:
-                seconds, geometry = clock(detector.detect, person)
-                record("geometry", seconds=seconds)
+                times, geometry = clock(detector.detect, person)
+                record("geometry", **times)
         except TryOnError as error:
             record("geometry", error=error.code)
             return
         if geometry_only:
             return
         try:
-            seconds, warped = clock(lambda r: _first(warper.warp_batch([r])), WarpRequest(person=person, garment=case["garment"], geometry=geometry))
-            record("warp", seconds=seconds)
+            times, warped = clock(lambda r: _first(warper.warp_batch([r])), WarpRequest(person=person, garment=case["garment"], geometry=geometry))
+            record("warp", **times)
         except TryOnError as error:
             record("warp", error=error.code)
             return
@@ -145,7 +148,7 @@ def measure_stages(cases: list[dict], *, runs: int, detector, warper, refiner=No
         if refiner is not None:
             request = RefineRequest(image=warped.composite, mask=warped.refine_mask, seed=seed, steps=steps)
             try:
-                record("refine", seconds=clock(lambda r: _first(refiner.refine_batch([r])), request)[0])
+                record("refine", **clock(lambda r: _first(refiner.refine_batch([r])), request)[0])
             except TryOnError as error:
                 record("refine", error=error.code)
 
@@ -167,41 +170,51 @@ def measure_stages(cases: list[dict], *, runs: int, detector, warper, refiner=No
 
 
 def summarize(samples: list[dict]) -> dict:
-    """Per size: describe() of every stage, our-overhead ratios, stage shares; across sizes: scaling."""
+    """Per size: describe() of every stage's wall and CPU time, our-overhead ratios (paired, on wall
+    and on CPU time, plus the ratio of the best calls), stage shares; across sizes: scaling."""
     sizes = sorted({s["size"] for s in samples}, key=lambda label: SIZES.get(label, (0, 0)))
     out: dict = {"per_size": {}, "scaling": {}}
 
-    def series(size: str, stage: str) -> list[tuple[tuple, float]]:
-        return [((s["run"], s["photo"]), s["seconds"]) for s in samples if s["size"] == size and s["stage"] == stage and "seconds" in s]
+    def series(size: str, stage: str, key: str = "seconds") -> dict[tuple, float]:
+        return {(s["run"], s["photo"]): s[key] for s in samples if s["size"] == size and s["stage"] == stage and s.get(key) is not None}
 
     for size in sizes:
-        entry: dict = {"stages": {}, "errors": {}}
+        entry: dict = {"stages": {}, "cpu": {}, "errors": {}}
         for stage in STAGES:
-            values = [v for _, v in series(size, stage)]
+            values = list(series(size, stage).values())
             if values:
                 entry["stages"][stage] = describe(values)
+                entry["cpu"][stage] = describe(list(series(size, stage, "cpu_seconds").values()))
             errors = [s["error"] for s in samples if s["size"] == size and s["stage"] == stage and "error" in s]
             if errors:
                 entry["errors"][stage] = {code: errors.count(code) for code in sorted(set(errors))}
-        ours = dict(series(size, "geometry"))
         for name, stage in (("geometry_vs_mediapipe_bare", "mediapipe_bare"), ("geometry_vs_mediapipe_pose", "mediapipe_pose")):
-            other = dict(series(size, stage))
-            keys = [k for k in ours if k in other]
-            if keys:
-                entry[name] = paired_ratio([ours[k] for k in keys], [other[k] for k in keys])
-        medians = {stage: entry["stages"][stage]["median"] for stage in ("geometry", "warp", "refine") if stage in entry["stages"]}
-        total = sum(medians.values())
-        if total:
-            entry["pipeline_median_s"] = round(total, 6)
-            entry["stage_share"] = {stage: round(value / total, 4) for stage, value in medians.items()}
+            ratio: dict = {}
+            for key, label in (("seconds", "wall"), ("cpu_seconds", "cpu")):
+                ours, other = series(size, "geometry", key), series(size, stage, key)
+                keys = [k for k in ours if k in other]
+                if keys:
+                    ratio[label] = paired_ratio([ours[k] for k in keys], [other[k] for k in keys])
+                    ratio[label]["ratio_of_minimums"] = round(min(ours[k] for k in keys) / min(other[k] for k in keys), 4) if min(other[k] for k in keys) else None
+            if ratio:
+                entry[name] = ratio
+        for key, label in (("stages", "stage_share"), ("cpu", "cpu_share")):
+            medians = {stage: entry[key][stage]["median"] for stage in ("geometry", "warp", "refine") if stage in entry[key] and entry[key][stage]["median"]}
+            total = sum(medians.values())
+            if total:
+                entry[label] = {stage: round(value / total, 4) for stage, value in medians.items()}
+                entry[label.replace("share", "total_median_s")] = round(total, 6)
         out["per_size"][size] = entry
     if len(sizes) >= 2:
         small, large = sizes[0], sizes[-1]
         for stage in STAGES:
             a = out["per_size"][small]["stages"].get(stage)
             b = out["per_size"][large]["stages"].get(stage)
+            ca = out["per_size"][small]["cpu"].get(stage)
+            cb = out["per_size"][large]["cpu"].get(stage)
             if a and b and a["median"]:
-                out["scaling"][stage] = {"from": small, "to": large, "ratio_of_medians": round(b["median"] / a["median"], 4)}
+                out["scaling"][stage] = {"from": small, "to": large, "ratio_of_medians": round(b["median"] / a["median"], 4),
+                                         "cpu_ratio_of_medians": round(cb["median"] / ca["median"], 4) if ca and cb and ca["median"] else None}
     return out
 
 
@@ -211,8 +224,11 @@ def print_table(summary: dict) -> None:
         for stage, stats in entry["stages"].items():
             print(f"{size:>9} {stage:>15} {stats['n']:>3} {stats['median'] * 1000:>10.1f} {stats['p95'] * 1000:>9.1f} {stats['iqr_over_median'] or 0:>8.2f}")
         ratio = entry.get("geometry_vs_mediapipe_bare")
-        if ratio and ratio["ratio_of_medians"]:
-            print(f"{size:>9} {'ours / bare MP':>15}   x{ratio['median_pair_ratio']:.3f} median of {ratio['n_pairs']} pair ratios (IQR/median {ratio['pair_ratio_iqr_over_median']})")
+        for label in ("wall", "cpu"):
+            r = (ratio or {}).get(label)
+            if r and r["median_pair_ratio"]:
+                print(f"{size:>9} {'ours / bare MP':>15}   x{r['median_pair_ratio']:.3f} {label} time, median of {r['n_pairs']} pair ratios "
+                      f"(IQR/median {r['pair_ratio_iqr_over_median']}; best calls x{r['ratio_of_minimums']})")
         for error_stage, counts in entry.get("errors", {}).items():
             print(f"{size:>9} {error_stage:>15} rejected: {counts}")
 

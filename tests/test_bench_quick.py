@@ -50,6 +50,7 @@ def test_stage_benchmark_returns_well_formed_samples(stage_samples):
         assert ("seconds" in sample) != ("error" in sample)
         if "seconds" in sample:
             assert isinstance(sample["seconds"], float) and sample["seconds"] > 0 and math.isfinite(sample["seconds"])
+            assert isinstance(sample["cpu_seconds"], float) and sample["cpu_seconds"] >= 0
         else:
             assert isinstance(sample["error"], str) and sample["error"]
     # every run measured geometry and both bare MediaPipe calls on every case; no refiner was given
@@ -70,8 +71,10 @@ def test_stage_summary_has_medians_and_the_overhead_ratio(stage_samples):
     entry = summary["per_size"]["tiny"]
     geometry = entry["stages"]["geometry"]
     assert geometry["n"] == 2 and geometry["median"] > 0 and geometry["p95"] >= geometry["median"] >= geometry["min"]
-    ratio = entry["geometry_vs_mediapipe_bare"]
-    assert ratio["n_pairs"] == 2 and ratio["ratio_of_medians"] > 0
+    for clock in ("wall", "cpu"):
+        ratio = entry["geometry_vs_mediapipe_bare"][clock]
+        assert ratio["n_pairs"] == 2 and ratio["ratio_of_medians"] > 0 and ratio["ratio_of_minimums"] > 0
+    assert entry["cpu"]["geometry"]["n"] == 2 and entry["cpu"]["geometry"]["median"] > 0
 
 
 def test_statistics_helpers():
