@@ -254,12 +254,15 @@ def run(args) -> dict[str, dict]:
                 if "load" in parts:
                     load_levels = measure_load(service, requests, levels=levels, window_s=window, drain_s=drain, max_requests=args.max_requests)
         finally:
+            stop_started = time.perf_counter()
             service.stop()
+            if cold_samples and cold_samples[-1]["run"] == start_index:
+                cold_samples[-1]["graceful_stop_s"] = round(time.perf_counter() - stop_started, 3)
 
     out: dict[str, dict] = {}
     if "cold_start" in parts:
         summary = {name: describe([c[name] for c in cold_samples if c.get(name) is not None])
-                   for name in ("first_200_s", "ray_ready_s", "deployed_s", "first_200_request_s")}
+                   for name in ("first_200_s", "ray_ready_s", "deployed_s", "first_200_request_s", "graceful_stop_s")}
         out["cold_start"] = report("cold_start", device, {**common_config, "runs": cold_runs,
                                    "measured": "process spawn -> first 200 from POST /v1/tryon (polling every 0.25 s)"},
                                    cold_samples, summary, machine_info=dict(info))

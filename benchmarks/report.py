@@ -43,7 +43,10 @@ def load_results(out: Path) -> dict[str, dict[str, dict]]:
                     data["_source"] = name
                     candidates.append(data)
             if candidates:
-                found.setdefault(device, {})[part] = max(candidates, key=lambda d: str(d.get("created", "")))
+                candidates.sort(key=lambda d: str(d.get("created", "")), reverse=True)
+                newest = candidates[0]
+                newest["_older"] = candidates[1:]  # shown in the detail section too
+                found.setdefault(device, {})[part] = newest
     return found
 
 
@@ -165,8 +168,8 @@ def plot_serving(data: dict, path: Path) -> Path:
     r = data["summary"]["http_vs_in_process"]
     ax.set_ylabel("seconds per request")
     ax.set_ylim(bottom=0)
-    ax.set_title(f"Same requests, interleaved ({data['config']['device']}): HTTP ÷ in-process {ratio(r['median_pair_ratio'])} "
-                 f"(median of {r['n_pairs']} pairs)", fontsize=9)
+    ax.set_title(f"The same requests, interleaved ({data['config']['device']}, {data['config'].get('input_size')})\n"
+                 f"HTTP ÷ in-process {ratio(r['median_pair_ratio'])} (median of {r['n_pairs']} pair ratios)", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -413,41 +416,64 @@ def device_section(device: str, parts: dict[str, dict]) -> list[str]:
         lines.append(f"{cold['config'].get('measured')}; {s['first_200_s']['n']} start(s).")
         lines.append("")
         rows = [[name, s[name]["n"], secs(s[name]["median"]), f"{secs(s[name]['min'])} – {secs(s[name]['max'])}"]
-                for name in ("ray_ready_s", "deployed_s", "first_200_s", "first_200_request_s") if s.get(name) and s[name]["n"]]
-        labels = {"ray_ready_s": "Ray started (since spawn)", "deployed_s": "all deployments RUNNING", "first_200_s": "first 200", "first_200_request_s": "the first 200's own request"}
+                for name in ("ray_ready_s", "deployed_s", "first_200_s", "first_200_request_s", "graceful_stop_s") if s.get(name) and s[name]["n"]]
+        labels = {"ray_ready_s": "Ray started (since spawn)", "deployed_s": "all deployments RUNNING", "first_200_s": "first 200",
+                  "first_200_request_s": "the first 200's own request (sent while deploying; Serve held it)", "graceful_stop_s": "graceful stop (Serve + Ray shutdown)"}
         lines += table(["milestone", "n", "median", "min – max"], [[labels[r[0]], *r[1:]] for r in rows])
         lines.append("")
 
     refiner = parts.get("refiner")
     if refiner:
-        cfg = refiner.get("config", {})
-        lines.append(f"### Refiner (benchmarks/bench_refiner.py, `{refiner.get('_source')}`)")
+        lines.append("### Refiner (benchmarks/bench_refiner.py)")
         lines.append("")
-        lines.append(f"Model {cfg.get('model')}, device {cfg.get('device')}, {cfg.get('repeats')} timed calls per configuration after {cfg.get('warmup_calls')} warm-up.")
-        lines.append("")
-        rows = [[r["resolution"], r["steps"], r.get("steps_run"), r["batch"], ms(r["median_s_per_image"]), f"{r['images_per_s']:.2f}",
-                 noise(describe(r["samples_s"])["iqr_over_median"])] for r in refiner.get("results", [])]
-        lines += table(["resolution", "steps", "run", "batch", "s/image", "images/s", "IQR/median"], rows)
-        if refiner.get("cuda_memory"):
-            m = refiner["cuda_memory"]
-            lines.append("")
-            lines.append(f"CUDA memory over {m.get('repeats')} repeated batches: allocated growth {m.get('allocated_growth_mib')} MiB, peak growth {m.get('peak_growth_mib')} MiB.")
-        lines.append("")
+        for data in [refiner, *refiner.get("_older", [])]:
+            try:
+                lines += _refiner_table(data, newest=data is refiner)
+            except (KeyError, TypeError, ValueError) as exc:
+                lines += [f"`{data.get('_source')}`: could not render ({type(exc).__name__}: {exc}).", ""]
         lines.append(f"![refiner](refiner_{device}.png)")
         lines.append("")
 
     batch = parts.get("batch")
     if batch:
-        cfg = batch.get("config", {})
-        lines.append(f"### Batch re-render (benchmarks/bench_batch.py, `{batch.get('_source')}`)")
+        lines.append("### Batch re-render (benchmarks/bench_batch.py)")
         lines.append("")
-        lines.append(f"{cfg.get('rows')} rows, {cfg.get('repeats')} repeat(s), batch size {cfg.get('batch_size')}. {cfg.get('notes', '')}")
-        lines.append("")
-        rows = [[m["mode"], m["actors"], secs(m["wall_s"]), f"{m['rows_per_s']:.3f}", f"{(m.get('steady_rows_per_s') or 0):.3f}", ratio(m.get("speedup_vs_sequential")),
-                 _batch_noise(batch, m)] for m in batch.get("medians", [])]
-        lines += table(["mode", "actors", "wall", "rows/s", "steady rows/s", "÷ sequential", "IQR/median"], rows)
+        for data in [batch, *batch.get("_older", [])]:
+            try:
+                lines += _batch_table(data, newest=data is batch)
+            except (KeyError, TypeError, ValueError) as exc:
+                lines += [f"`{data.get('_source')}`: could not render ({type(exc).__name__}: {exc}).", ""]
+        lines.append(f"![batch](batch_{device}.png)")
         lines.append("")
     return lines
+
+
+def _which(data: dict, newest: bool) -> str:
+    kind = "this suite's run" if data.get("_source", "").endswith(".suite.json") else "the program owner's recorded run"
+    return f"`{data.get('_source')}` ({kind}, {data.get('created', '?')}{', quick' if data.get('config', {}).get('quick') else ''}"\
+           f"{'; used in the headline and the plot' if newest else ''})"
+
+
+def _refiner_table(data: dict, *, newest: bool) -> list[str]:
+    cfg = data.get("config", {})
+    lines = [f"{_which(data, newest)}: model {cfg.get('model')}, device {cfg.get('device')}, torch threads {data.get('machine', {}).get('torch_threads')}, "
+             f"{cfg.get('repeats')} timed calls per configuration after {cfg.get('warmup_calls')} warm-up.", ""]
+    rows = [[r["resolution"], r["steps"], r.get("steps_run"), r["batch"], ms(r["median_s_per_image"]), f"{r['images_per_s']:.2f}",
+             noise(describe(r["samples_s"])["iqr_over_median"])] for r in data.get("results", [])]
+    lines += table(["resolution", "steps", "run", "batch", "s/image", "images/s", "IQR/median"], rows)
+    if data.get("cuda_memory"):
+        m = data["cuda_memory"]
+        lines += ["", f"CUDA memory over {m.get('repeats')} repeated batches: allocated growth {m.get('allocated_growth_mib')} MiB, peak growth {m.get('peak_growth_mib')} MiB."]
+    return lines + [""]
+
+
+def _batch_table(data: dict, *, newest: bool) -> list[str]:
+    cfg = data.get("config", {})
+    lines = [f"{_which(data, newest)}: {cfg.get('rows')} rows, {cfg.get('repeats')} repeat(s), batch size {cfg.get('batch_size')}. {cfg.get('notes', '')}", ""]
+    rows = [[m["mode"], m["actors"], secs(m["wall_s"]), f"{m['rows_per_s']:.3f}", f"{(m.get('steady_rows_per_s') or 0):.3f}", ratio(m.get("speedup_vs_sequential")),
+             _batch_noise(data, m)] for m in data.get("medians", [])]
+    lines += table(["mode", "actors", "wall", "rows/s", "steady rows/s", "÷ sequential", "IQR/median"], rows)
+    return lines + [""]
 
 
 def write_summary(results: dict[str, dict[str, dict]], out: Path, *, suite: dict | None = None) -> Path:
