@@ -211,7 +211,7 @@ def run(args) -> dict[str, dict]:
     cold_runs = args.cold_runs or (1 if quick else 3)
     serving_runs = args.runs or (6 if quick else 10)
     levels = args.levels or ([1, 2, 4] if quick else [1, 2, 4, 8, 16, 32])
-    window = args.window or (4.0 if quick else 30.0)
+    window = args.window or (3.0 if quick else 30.0)
     drain = args.drain or (30.0 if quick else 120.0)
 
     pipeline = None
@@ -288,7 +288,7 @@ def run(args) -> dict[str, dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=None, help="default: all three")
-    parser.add_argument("--quick", action="store_true", help="1 cold start, 6 serving pairs, levels 1, 2, 4 for 4 s each")
+    parser.add_argument("--quick", action="store_true", help="1 cold start, 6 serving pairs, levels 1, 2, 4 for 3 s each")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--threads", type=int, default=None, help="torch threads in-process and OMP_NUM_THREADS for the service")
     parser.add_argument("--refiner", action=argparse.BooleanOptionalAction, default=None,
