@@ -45,6 +45,7 @@ class GarmentSettings(BaseModel):
     person_margin_px: int = Field(6, ge=0, description="The garment may extend this far (at working size) beyond the person mask.")
     edge_feather_px: float = Field(1.5, ge=0, description="Softness of the garment's edge in the composite.")
     shading_strength: float = Field(0.35, ge=0, le=1, description="How much of the person's shading (folds, light) is carried onto the flat garment.")
+    grid_max_side: int = Field(256, ge=32, description="The warp's thin-plate spline is evaluated on a grid this size and interpolated (it is smooth).")
     refine_seam_px: int = Field(9, ge=0, description="The refine mask extends this far past the garment's edge so seams are repainted.")
 
 

@@ -85,18 +85,18 @@ class GarmentWarper:
         # Solve and evaluate the TPS grids of all parts of all requests, batched by
         # (working size, number of control points, garment size).
         jobs: dict[tuple, list[tuple[int, str, np.ndarray, np.ndarray]]] = {}
-        for index, (prepared, parts, working_size, scale) in plans.items():
+        for index, (prepared, parts, grid_size, grid_scale, _) in plans.items():
             for part, (source, target) in parts.items():
-                key = (working_size, len(source), prepared.rgba.shape[:2])
-                jobs.setdefault(key, []).append((index, part, source, target * scale))
+                key = (grid_size, len(source), prepared.rgba.shape[:2])
+                jobs.setdefault(key, []).append((index, part, source, target * grid_scale))
         grids: dict[tuple[int, str], torch.Tensor] = {}
-        for (working_size, _, garment_size), items in jobs.items():
+        for (grid_size, _, garment_size), items in jobs.items():
             sources = torch.tensor(np.stack([it[2] for it in items]), dtype=torch.float32, device=self.device)
             targets = torch.tensor(np.stack([it[3] for it in items]), dtype=torch.float32, device=self.device)
-            batch = tps_sampling_grid(targets, sources, working_size, garment_size)
+            batch = tps_sampling_grid(targets, sources, grid_size, garment_size)
             for k, (index, part, _, _) in enumerate(items):
                 grids[index, part] = batch[k : k + 1]
-        for index, (prepared, parts, _, scale) in plans.items():
+        for index, (prepared, parts, _, _, scale) in plans.items():
             try:
                 results[index] = self._render(requests[index], prepared, {p: grids[index, p] for p in parts}, scale)
             except TryOnError as error:
@@ -114,9 +114,11 @@ class GarmentWarper:
             prepared = self.prepare_garment(request.garment, request.category)
         parts = control_points(request.geometry, prepared.anchors)
         height, width = request.person.shape[:2]
-        scale = min(1.0, self.working_max_side / max(height, width))
-        working_size = (max(1, round(height * scale)), max(1, round(width * scale)))
-        return prepared, parts, working_size, scale
+        working_scale = min(1.0, self.working_max_side / max(height, width))
+        # The TPS map is smooth: evaluate it on a coarse grid, then interpolate it to full size.
+        grid_scale = min(1.0, self.settings.grid_max_side / max(height, width))
+        grid_size = (max(2, round(height * grid_scale)), max(2, round(width * grid_scale)))
+        return prepared, parts, grid_size, grid_scale, working_scale
 
     def _render(self, request: WarpRequest, prepared: PreparedGarment, grids: dict[str, torch.Tensor], scale: float) -> WarpResult:
         height, width = request.person.shape[:2]
