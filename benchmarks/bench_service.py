@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import (  # noqa: E402
+    check_device,
     PAIRS,
     RESULTS,
     SIZES,
@@ -182,6 +183,7 @@ def run(args) -> dict[str, dict]:
     from service import ServiceProcess
 
     device = resolve_device(args.device or "auto")
+    check_device(device)
     if args.threads:
         import torch
 
@@ -192,6 +194,12 @@ def run(args) -> dict[str, dict]:
     use_refiner = args.refiner if args.refiner is not None else device.startswith("cuda")
     cpus = os.cpu_count() or 1
     stage_cpus = 0.0 if cpus < 4 else None  # the YAML asks 2.5 CPUs for ingress + stages; a 2-core box cannot give them
+    app_args: dict = {}
+    if device.startswith("cuda"):
+        import torch
+
+        if torch.cuda.device_count() == 1:  # the YAML's refiner_gpus 1.0 + warper_gpus 0.25 do not fit on one GPU
+            app_args = {"refiner_gpus": 0.5, "warper_gpus": 0.25}
     overrides: dict = {"device": device}
     refiner_info = None
     if use_refiner:
@@ -227,6 +235,7 @@ def run(args) -> dict[str, dict]:
         "serve_config": "serve_config.yaml (production file) + overrides",
         "overrides": {k: v for k, v in overrides.items()},
         "stage_cpus": stage_cpus,
+        "app_args_overrides": app_args,
         "ray_num_cpus": cpus,
         "refiner": refiner_info,
         "input_size": size,
@@ -240,7 +249,7 @@ def run(args) -> dict[str, dict]:
     if not ({"serving", "load"} & set(parts)) and "cold_start" not in parts:
         return {}
     for start_index in range(total_starts):
-        service = ServiceProcess(overrides=overrides, stage_cpus=stage_cpus, num_cpus=cpus, threads=args.threads)
+        service = ServiceProcess(overrides=overrides, stage_cpus=stage_cpus, num_cpus=cpus, threads=args.threads, app_args=app_args)
         print(f"service {start_index + 1}/{total_starts}: starting serve_config.yaml with its own Ray on {service.url}", file=sys.stderr)
         service.start()
         try:

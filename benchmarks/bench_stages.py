@@ -32,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import (  # noqa: E402
+    check_device,
     PAIRS,
     RESULTS,
     SIZES,
@@ -239,6 +240,7 @@ def run(args) -> dict:
     from pexir_tryon.geometry import GeometryDetector
 
     device = resolve_device(args.device or "auto")
+    check_device(device)
     if args.threads:
         import torch
 

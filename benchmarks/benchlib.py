@@ -108,6 +108,18 @@ def machine(device: str) -> dict:
     return info
 
 
+def check_device(device: str) -> None:
+    """Fail fast (before building a 2 GB model) when a CUDA device is asked for and none is visible."""
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit(f"error: device {device!r} asked for, but no CUDA GPU is visible to torch")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise SystemExit(f"error: device {device!r} asked for, but only {torch.cuda.device_count()} GPU(s) are visible")
+
+
 def device_label(device: str) -> str:
     """'cuda:1' -> 'cuda': the suffix of result file names."""
     return "cuda" if device.startswith("cuda") else "cpu"

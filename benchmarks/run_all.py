@@ -34,7 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from benchlib import RESULTS, device_label, setup_environment  # noqa: E402
+from benchlib import RESULTS, check_device, device_label, setup_environment  # noqa: E402
 
 setup_environment()
 
@@ -91,6 +91,7 @@ def run_suite(args) -> int:
     from pexir_tryon.config import resolve_device
 
     device = resolve_device(args.device or os.environ.get("PEXIR_DEVICE") or "auto")
+    check_device(device)
     label = device_label(device)
     parts = parse_only(args.only)
     out = Path(args.out).resolve()

@@ -44,6 +44,7 @@ def child_main(argv: list[str]) -> int:
     parser.add_argument("--overrides", default="{}", help="JSON: Settings overrides for the app")
     parser.add_argument("--stage-cpus", type=float, default=None)
     parser.add_argument("--num-cpus", type=int, default=None)
+    parser.add_argument("--app-args", default="{}", help="JSON: overrides of the application's args (e.g. refiner_gpus)")
     args = parser.parse_args(argv)
     _emit("started")
 
@@ -76,6 +77,7 @@ def child_main(argv: list[str]) -> int:
         app["args"]["settings"] = {**app["args"].get("settings", {}), **overrides}
         if args.stage_cpus is not None:
             app["args"]["stage_cpus"] = args.stage_cpus
+        app["args"].update(json.loads(args.app_args))
         deploy(config, timeout_s=600)
         status = serve.status()
         deployments = {name: str(d.status) for app_status in status.applications.values() for name, d in app_status.deployments.items()}
@@ -95,7 +97,7 @@ class ServiceProcess:
     """Start the service subprocess; `wait_ready` polls until the first 200 (the cold start)."""
 
     def __init__(self, *, overrides: dict | None = None, stage_cpus: float | None = None, num_cpus: int | None = None,
-                 threads: int | None = None, api_key: str | None = None):
+                 threads: int | None = None, api_key: str | None = None, app_args: dict | None = None):
         self.work = Path(tempfile.mkdtemp(prefix="pexir-bench-svc-"))
         self.port = free_port()
         self.api_key = api_key or "bench-" + secrets.token_hex(12)
@@ -107,6 +109,7 @@ class ServiceProcess:
             **(overrides or {}),
         }
         self.stage_cpus = stage_cpus
+        self.app_args = app_args or {}
         self.num_cpus = num_cpus
         self.threads = threads
         self.events: dict[str, dict] = {}
@@ -128,6 +131,8 @@ class ServiceProcess:
             cmd += ["--stage-cpus", str(self.stage_cpus)]
         if self.num_cpus is not None:
             cmd += ["--num-cpus", str(self.num_cpus)]
+        if self.app_args:
+            cmd += ["--app-args", json.dumps(self.app_args)]
         env = dict(os.environ)
         if self.threads:
             env["OMP_NUM_THREADS"] = str(self.threads)  # Ray's workers inherit it (Ray does not override a set value)
