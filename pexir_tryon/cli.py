@@ -43,13 +43,15 @@ def cmd_run(args) -> int:
     settings = get_settings()
     if args.category not in ("upper", "lower", "dress", "auto"):
         raise TryOnError("unsupported_category", f"Unknown category {args.category!r}; use one of: upper, lower, dress, auto.")
+    out = Path(args.output)
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise TryOnError("invalid_request", f"The output file must end in .png, .jpg or .jpeg, not {out.suffix or 'nothing'!r}.")
     person = _read_image(args.person, settings, what="person", keep_alpha=False)
     garment = _read_image(args.garment, settings, what="garment", keep_alpha=True)
     started = time.perf_counter()
     pipeline = TryOnPipeline.from_settings(settings, device=args.device)
     loaded = time.perf_counter()
     result = pipeline(person, garment, category=args.category, seed=args.seed, steps=args.steps)
-    out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     data = encode_jpeg(result.image) if out.suffix.lower() in (".jpg", ".jpeg") else encode_png(result.image)
     out.write_bytes(data)
@@ -215,7 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     from .logs import configure_logging
 
     try:
-        configure_logging(get_settings().log_level)
+        # The one-shot commands print their own plain result line; their JSON logs show only warnings
+        # unless a level is asked for. The server logs at the configured level.
+        quiet = args.command in ("run", "samples", "purge", "models") and "PEXIR_LOG_LEVEL" not in os.environ
+        configure_logging("WARNING" if quiet else get_settings().log_level)
         return args.func(args)
     except TryOnError as error:
         print(error.cli_line(), file=sys.stderr)

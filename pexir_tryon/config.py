@@ -31,6 +31,8 @@ class ImageSettings(BaseModel):
 class GeometrySettings(BaseModel):
     min_visibility: float = Field(0.5, ge=0, le=1, description="Pose landmarks below this visibility are not trusted.")
     min_detection_confidence: float = Field(0.5, ge=0, le=1, description="MediaPipe detection confidence for pose and face.")
+    fallback_detection_confidence: float = Field(0.1, ge=0, le=1, description="Second-pass pose detection threshold, used only when segmentation clearly sees a person.")
+    fallback_min_person_fraction: float = Field(0.05, ge=0, le=1, description="Segmented person area (fraction of the photo) that allows the second pose pass.")
     second_face_min_confidence: float = Field(0.75, ge=0, le=1, description="A second face this confident (and not tiny) means several people.")
     second_face_min_relative_area: float = Field(0.15, ge=0, le=1, description="A second face smaller than this fraction of the main face's area is ignored (posters, crowds far behind).")
     min_shoulder_fraction: float = Field(0.06, ge=0, le=1, description="A person whose shoulder width is below this fraction of the image's longest side is too small.")

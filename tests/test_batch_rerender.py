@@ -146,7 +146,7 @@ def test_second_run_does_no_work_for_done_rows_and_retries_failed_ones(first_run
     assert actor_processes_left() == [], "the job's actor processes must exit when it ends"
 
 
-def actor_processes_left(wait_s: float = 20.0) -> list[int]:
+def actor_processes_left(wait_s: float = 90.0) -> list[int]:
     """Pids of RerenderWorker actor processes still alive after `wait_s` (a worker that blocks on
     exit, e.g. closing MediaPipe graphs in __del__, stays forever and holds its memory)."""
     import time

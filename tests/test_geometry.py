@@ -106,3 +106,13 @@ def test_a_garment_photo_showing_a_person_is_refused(detector, photos):
 @pytest.mark.parametrize("name", ["tshirt", "longsleeve", "dress", "trousers", "longsleeve_cutout"])
 def test_a_flat_lay_garment_photo_is_not_taken_for_a_person(detector, garments, name):
     detector.check_garment_photo(garments[name])
+
+
+@pytest.mark.parametrize("pad", [(85, 86, 0, 0), (0, 0, 85, 86)])
+def test_a_padded_photo_still_finds_the_person(detector, photos, pad):
+    import cv2
+
+    top, bottom, left, right = pad
+    padded = cv2.copyMakeBorder(photos["camera"], top, bottom, left, right, cv2.BORDER_CONSTANT, value=(128, 128, 128))
+    geometry = detector.detect(padded)
+    assert geometry.all_visible(Landmark.LEFT_SHOULDER, Landmark.RIGHT_SHOULDER)

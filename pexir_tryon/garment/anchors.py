@@ -115,10 +115,14 @@ def check_category(requested: str, features: ShapeFeatures) -> str:
     if contradiction:
         raise TryOnError(
             "category_mismatch",
-            f"The garment looks like a {'lower garment' if detected == 'lower' else detected + ' garment'}, "
+            f"The garment looks like {_described(detected)}, "
             f"not '{requested}'; fix the category or use 'auto'.",
         )
     return requested
+
+
+def _described(category: str) -> str:
+    return {"upper": "an upper garment", "lower": "a lower garment", "dress": "a dress"}[category]
 
 
 def garment_anchors(mask: np.ndarray, category: str) -> GarmentAnchors:

@@ -42,6 +42,12 @@ class GeometryDetector:
             enable_segmentation=False,
             min_detection_confidence=settings.min_detection_confidence,
         )
+        self._fallback_pose = solutions.pose.Pose(
+            static_image_mode=True,
+            model_complexity=1,
+            enable_segmentation=False,
+            min_detection_confidence=settings.fallback_detection_confidence,
+        )
         self._face_mesh = solutions.face_mesh.FaceMesh(
             static_image_mode=True,
             max_num_faces=4,
@@ -56,7 +62,7 @@ class GeometryDetector:
         self._lock = threading.Lock()
 
     def close(self) -> None:
-        for solution in (self._pose, self._face_mesh, self._face_detection, self._segmentation):
+        for solution in (self._pose, self._fallback_pose, self._face_mesh, self._face_detection, self._segmentation):
             solution.close()
 
     def detect_batch(self, items: list) -> list[PersonGeometry | TryOnError]:
@@ -98,12 +104,16 @@ class GeometryDetector:
             faces = self._face_detection.process(working)
             segmentation = self._segmentation.process(working)
 
-        if pose.pose_landmarks is None:
-            raise TryOnError("no_person_detected", "No person was found in the person photo.")
-        landmarks = np.array(
-            [[lm.x * width, lm.y * height, lm.visibility] for lm in pose.pose_landmarks.landmark], dtype=np.float32
-        )
         person_mask = (segmentation.segmentation_mask > 0.5).astype(np.uint8) * 255
+        landmarks = None
+        if pose.pose_landmarks is not None:
+            landmarks = np.array(
+                [[lm.x * width, lm.y * height, lm.visibility] for lm in pose.pose_landmarks.landmark], dtype=np.float32
+            )
+        else:
+            landmarks = self._pose_second_pass(working, person_mask, (height, width))
+        if landmarks is None:
+            raise TryOnError("no_person_detected", "No person was found in the person photo.")
         self._check_single_person(faces, mesh, working.shape[:2])
 
         face_box = face_outline = face_orientation = None
@@ -129,6 +139,19 @@ class GeometryDetector:
         )
         self._check_usable(geometry, person_mask)
         return geometry
+
+    def _pose_second_pass(self, working: np.ndarray, person_mask: np.ndarray, size: tuple[int, int]) -> np.ndarray | None:
+        """The pose detector's person score is marginal on some photos (padded, dark, off-centre).
+        When segmentation clearly sees a person, ask again with a lower detection threshold; the
+        landmarks are still gated on their own visibility afterwards."""
+        if person_mask.mean() / 255.0 < self.settings.fallback_min_person_fraction:
+            return None
+        with self._lock:
+            pose = self._fallback_pose.process(working)
+        if pose.pose_landmarks is None:
+            return None
+        height, width = size
+        return np.array([[lm.x * width, lm.y * height, lm.visibility] for lm in pose.pose_landmarks.landmark], dtype=np.float32)
 
     def _check_single_person(self, faces, mesh, working_size: tuple[int, int]) -> None:
         boxes = []

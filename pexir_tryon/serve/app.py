@@ -23,12 +23,16 @@ class AppArgs(BaseModel):
     stage_cpus: float | None = Field(None, ge=0, description="CPUs per stage replica; unset keeps each deployment's default (1).")
 
 
-def cluster_gpus() -> float:
+def cluster_resource(name: str) -> float:
     import ray
 
     if not ray.is_initialized():
         return 0.0
-    return float(ray.cluster_resources().get("GPU", 0))
+    return float(ray.cluster_resources().get(name, 0))
+
+
+def cluster_gpus() -> float:
+    return cluster_resource("GPU")
 
 
 def build_app(args: AppArgs | dict):
@@ -44,17 +48,19 @@ def build_app(args: AppArgs | dict):
     if not use_gpu:
         log.warning("no GPU in the cluster (or device=cpu): every stage runs on the CPU", extra={"event": "cpu_only"})
 
+    needs_local = settings.backend == "local" or "local" in settings.request_backends
+    needs_alibaba = settings.backend == "alibaba" or "alibaba" in settings.request_backends
+    with_refiner = needs_local and settings.refiner.model_dir is not None
+    cpu_share = _cpu_share(args, needs_local, with_refiner, needs_alibaba)
+
     def options(deployment, gpus: float):
         actor = dict(deployment.ray_actor_options or {})
-        if args.stage_cpus is not None:
-            actor["num_cpus"] = args.stage_cpus
+        actor["num_cpus"] = args.stage_cpus if args.stage_cpus is not None else actor.get("num_cpus", 1) * cpu_share
         if use_gpu and gpus > 0:
             actor["num_gpus"] = gpus
         return deployment.options(ray_actor_options=actor)
 
     detector = warper = refiner = alibaba = None
-    needs_local = settings.backend == "local" or "local" in settings.request_backends
-    needs_alibaba = settings.backend == "alibaba" or "alibaba" in settings.request_backends
     if needs_local:
         detector = options(GeometryDetector, 0).bind(overrides)
         warper = options(GarmentWarper, args.warper_gpus).bind(overrides)
@@ -63,11 +69,27 @@ def build_app(args: AppArgs | dict):
         else:
             log.warning("no refiner configured (refiner.model_dir unset): serving without stage 3", extra={"event": "refiner_disabled"})
     if needs_alibaba:
-        alibaba = AlibabaBackend.options(ray_actor_options={"num_cpus": 0.1 if args.stage_cpus is None else min(0.1, args.stage_cpus)}).bind(overrides)
+        alibaba = options(AlibabaBackend, 0).bind(overrides)
     serve_settings = settings.serve
     ingress = TryOnIngress.options(
         # The ingress sheds load itself (503 overloaded with our error body); Serve's own limits sit above ours.
         max_ongoing_requests=serve_settings.max_ongoing_requests + serve_settings.max_queued_requests + 32,
-        ray_actor_options={"num_cpus": 0.5 if args.stage_cpus is None else args.stage_cpus},
+        ray_actor_options={"num_cpus": 0.5 * cpu_share if args.stage_cpus is None else args.stage_cpus},
     )
     return ingress.bind(overrides, detector, warper, refiner, alibaba)
+
+
+def _cpu_share(args: AppArgs, local: bool, refiner: bool, alibaba: bool) -> float:
+    """1.0, or less when one replica of each stage would not fit the cluster's CPUs (a laptop):
+    then the stages share the CPUs instead of waiting forever to be placed."""
+    if args.stage_cpus is not None:
+        return 1.0
+    wanted = 0.5 + (2.0 if local else 0.0) + (1.0 if refiner else 0.0) + (0.1 if alibaba else 0.0)
+    available = cluster_resource("CPU")
+    if available <= 0 or wanted <= available:
+        return 1.0
+    log.warning(
+        "the cluster has fewer CPUs than one replica of each stage asks for: the stages share them",
+        extra={"event": "cpu_shared", "cpus": available, "cpus_wanted": wanted},
+    )
+    return 0.9 * available / wanted

@@ -70,9 +70,19 @@ def deploy(config: dict, *, timeout_s: float = 300.0) -> None:
         failed = [name for name, app in statuses.items() if str(app.status).endswith("DEPLOY_FAILED")]
         if failed:
             message = statuses[failed[0]].message
-            raise RuntimeError(f"application {failed[0]} failed to deploy: {message[-2000:]}")
+            raise TryOnError("stage_unavailable", f"Serve application {failed[0]} failed to deploy: {message[-1500:]}")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"Serve applications not running after {timeout_s:g} s: {states}")
+            stuck = [
+                f"{app_name}/{name}: {str(d.status).rsplit('.', 1)[-1]} {d.message[:300]}".strip()
+                for app_name, app in statuses.items()
+                for name, d in app.deployments.items()
+                if not str(d.status).endswith("HEALTHY")
+            ]
+            raise TryOnError(
+                "stage_unavailable",
+                f"Serve could not start within {timeout_s:g} s; " + ("; ".join(stuck) or str(states))
+                + " (lower ray_actor_options num_cpus/num_gpus in the Serve config, or add nodes)",
+            )
         time.sleep(0.5)
 
 
@@ -93,11 +103,19 @@ def serve_forever(config_path: str | None = None, host: str | None = None, port:
     if not settings.api_keys:
         print("no API keys configured: serving loopback clients only, without a key", file=sys.stderr)
     print(f"try it:  curl -sf{auth} -F person=@person.jpg -F garment=@garment.png {base}/v1/tryon -o tryon.png", file=sys.stderr)
+    import signal
+
+    def stop(signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # `kill PID` stops it as cleanly as Ctrl-C
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         from ray import serve
 
+        print("stopping: shutting down Serve and Ray", file=sys.stderr)
         serve.shutdown()
+        ray.shutdown()
     return 0
