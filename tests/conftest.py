@@ -89,6 +89,30 @@ def ray_session(tmp_path_factory):
     ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """The tiny model gains nothing from threads; on shared cores OpenMP spin-waiting makes 2 threads 3-10x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def clock():
+    """A fake clock the store's retention can be driven with."""
+    from pexir_tryon.store.testing import FakeClock
+
+    return FakeClock()
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    return tmp_path / "data"
+
+
 @pytest.fixture(scope="session")
 def tiny_refiner_dir(tmp_path_factory):
     """The tiny random refiner in the real on-disk layout, built once per session (no download)."""

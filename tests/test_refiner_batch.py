@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pexir_tryon.config import RefinerSettings
 from pexir_tryon.errors import TryOnError
-from pexir_tryon.refine import MANIFEST_FILENAME, DiffusionRefiner, RefineRequest, load_refiner_model
-from pexir_tryon.refine.synthetic import build_random_refiner
+from pexir_tryon.refine import DiffusionRefiner, RefineRequest, load_refiner_model
 
 SETTINGS = RefinerSettings(resolution=128, steps=4, strength=0.75, max_batch_size=4)
 # Batched CPU kernels (oneDNN convolutions, GEMM vs GEMV for the time embedding) round differently
@@ -19,25 +17,7 @@ SETTINGS = RefinerSettings(resolution=128, steps=4, strength=0.75, max_batch_siz
 MAX_LEVEL_DIFF = 2
 MAX_DIFFERING_FRACTION = 0.002
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The tiny model gains nothing from threads; on shared cores OpenMP spin-waiting makes 2 threads 3-10x slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def tiny_refiner_dir(tmp_path_factory) -> Path:
-    """The tiny random refiner, built once per test session (shared by the test_refiner_* files)."""
-    path = tmp_path_factory.getbasetemp() / "tiny-refiner"
-    if not (path / MANIFEST_FILENAME).is_file():
-        build_random_refiner(path, "tiny")
-    return path
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

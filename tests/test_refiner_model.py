@@ -15,31 +15,12 @@ from pexir_tryon.config import RefinerSettings
 from pexir_tryon.errors import TryOnError
 from pexir_tryon.refine import MANIFEST_FILENAME, DiffusionRefiner, fetch_model, load_manifest, load_refiner_model, verify_model_dir
 from pexir_tryon.refine.manifest import TBD, available_manifests, manifests_dir
-from pexir_tryon.refine.synthetic import build_random_refiner
 
 UNET_WEIGHTS = "unet/diffusion_pytorch_model.fp16.safetensors"
 VAE_WEIGHTS = "vae/diffusion_pytorch_model.fp16.safetensors"
 SETTINGS = RefinerSettings(resolution=128, steps=4, strength=0.75)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The tiny model gains nothing from threads; on shared cores OpenMP spin-waiting makes 2 threads 3-10x slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def tiny_refiner_dir(tmp_path_factory) -> Path:
-    """The tiny random refiner, built once per test session (shared by the test_refiner_* files)."""
-    path = tmp_path_factory.getbasetemp() / "tiny-refiner"
-    if not (path / MANIFEST_FILENAME).is_file():
-        build_random_refiner(path, "tiny")
-    return path
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from sqlalchemy import create_engine, inspect, text
 from pexir_tryon.config import Settings, StoreSettings
 from pexir_tryon.errors import TryOnError
 from pexir_tryon.store import BlobDecryptError, TryOnStore, purge_user_command
-from pexir_tryon.store.testing import FakeClock
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ALICE = "user-alice-7f3a9c"
@@ -51,16 +50,6 @@ def db_cells_containing(store: TryOnStore, needle: str) -> list[tuple[str, str]]
             for row in result.mappings():
                 hits += [(table, col) for col, v in row.items() if v is not None and needle in str(v)]
     return hits
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    return tmp_path / "data"
 
 
 @pytest.fixture

@@ -32,16 +32,6 @@ def blob_files(data_dir: Path) -> list[Path]:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    return tmp_path / "data"
-
-
-@pytest.fixture
 def make_store(tmp_path: Path, data_dir: Path, clock: FakeClock):
     opened: list[TryOnStore] = []
 

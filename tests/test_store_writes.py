@@ -16,7 +16,6 @@ from pexir_tryon.config import StoreSettings
 from pexir_tryon.errors import TryOnError
 from pexir_tryon.store import TryOnStore
 from pexir_tryon.store.schema import AuditRow, ResultRow, UploadRow
-from pexir_tryon.store.testing import FakeClock
 
 
 def png(seed: int, size: int = 12) -> bytes:
@@ -34,16 +33,6 @@ def blob_files(data_dir: Path) -> list[Path]:
 def count(store: TryOnStore, model) -> int:
     with store.engine.connect() as conn:
         return conn.execute(select(func.count()).select_from(model)).scalar_one()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    return tmp_path / "data"
 
 
 @pytest.fixture
