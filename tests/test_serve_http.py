@@ -315,3 +315,11 @@ def test_purging_a_user_removes_their_results_and_uploads(client, person_png, ts
     assert report.json()["results"] >= 1 and report.json()["uploads"] >= 1
     assert_error(client.get(f"/v1/results/{result_id}", headers=auth(user)), 404, "not_found")
     assert_error(tryon(client, None, tshirt_png, headers=auth(user), person_upload_id=upload_id), 404, "not_found")
+
+
+def test_a_client_chosen_request_id_cannot_collide_with_the_audit_id(client, person_png, tshirt_png):
+    headers = {**auth(), "X-Request-Id": "same-id-every-time"}
+    first = tryon(client, person_png, tshirt_png, headers=headers)
+    second = tryon(client, person_png, tshirt_png, headers=headers)
+    assert first.status_code == second.status_code == 200
+    assert first.headers["x-tryon-request-id"] != second.headers["x-tryon-request-id"]

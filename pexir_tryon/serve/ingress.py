@@ -103,17 +103,14 @@ def _wants(request: Request) -> Literal["json", "jpeg", "png"]:
     return "png"
 
 
-def _request_id() -> str:
-    """Serve's own request id (sent back as X-Request-Id and in Serve's logs), so one id ties them together."""
+def _serve_request_id() -> str | None:
+    """Serve's id of this HTTP request (echoed as X-Request-Id; a client may choose it), for log correlation only."""
     try:
         from ray.serve.context import _get_serve_request_context
 
-        rid = _get_serve_request_context().request_id
-        if rid:
-            return rid
+        return _get_serve_request_context().request_id or None
     except Exception:  # noqa: BLE001 - outside Serve (unit tests)
-        pass
-    return uuid.uuid4().hex
+        return None
 
 
 def _iso(value: datetime | None) -> str:
@@ -200,7 +197,8 @@ class TryOnIngress:
         person_image = await self._person_image(caller, person, person_upload_id)
         garment_image = await self._decode(await self._read_upload(garment, "garment"), "garment", keep_alpha=True)
 
-        request_id = _request_id()
+        # Our own id keys the audit record: Serve's X-Request-Id can be chosen by the client.
+        request_id = uuid.uuid4().hex
         job = TryOnJob(
             request_id=request_id, user_id=caller.user_id, person=person_image, garment=garment_image,
             category=category, seed=self.settings.default_seed if seed is None else seed, steps=steps,
@@ -219,10 +217,12 @@ class TryOnIngress:
         finally:
             timings["total"] = time.perf_counter() - started
             await asyncio.to_thread(self.store.finish_request, request_id, status=status, error_code=code, timings_s=timings)
-            log.info("tryon", extra={"event": "tryon", "request_id": request_id, "backend": backend_name, "status": status,
+            log.info("tryon", extra={"event": "tryon", "request_id": request_id, "serve_request_id": _serve_request_id(),
+                                     "backend": backend_name, "status": status,
                                      "error_code": code, **{f"{k}_ms": round(v * 1000, 1) for k, v in timings.items()}})
 
-        headers = {  # Serve itself answers with X-Request-Id (the same id)
+        headers = {
+            "X-Tryon-Request-Id": request_id,  # the audit record's id (Serve adds its own X-Request-Id)
             "X-Result-Id": record.id,
             "X-Expires-At": _iso(record.expires_at),
             "X-Category": result.category,
