@@ -153,7 +153,14 @@ class AlibabaCloudBackend:
         no bucket is set); the limiter is the shared Ray actor when Ray is initialised in this
         process (a Serve replica), else in-process. `kwargs` go to the constructor.
         """
-        return cls(settings.alibaba, **kwargs)
+        section = settings.alibaba
+        knobs = dict(
+            retry_base_s=section.retry_base_s,
+            retry_max_s=section.retry_max_s,
+            cancel_timeout_s=section.cancel_timeout_s,
+            purge_wait_s=section.purge_wait_s,
+        )
+        return cls(section, **{**knobs, **kwargs})
 
     def __repr__(self) -> str:
         return f"AlibabaCloudBackend(model={self.settings.model!r}, base_url={self.settings.base_url!r}, uploader={self.uploader!r})"
