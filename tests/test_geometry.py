@@ -116,3 +116,8 @@ def test_a_padded_photo_still_finds_the_person(detector, photos, pad):
     padded = cv2.copyMakeBorder(photos["camera"], top, bottom, left, right, cv2.BORDER_CONSTANT, value=(128, 128, 128))
     geometry = detector.detect(padded)
     assert geometry.all_visible(Landmark.LEFT_SHOULDER, Landmark.RIGHT_SHOULDER)
+
+
+def test_a_grayscale_photo_still_finds_the_person(detector, photos):
+    gray = np.repeat(photos["grace_hopper"].mean(axis=2, keepdims=True).astype(np.uint8), 3, axis=2)
+    assert detector.detect(gray).all_visible(Landmark.LEFT_SHOULDER, Landmark.RIGHT_SHOULDER)
