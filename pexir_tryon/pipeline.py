@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Awaitable, Callable, Protocol
 
 import numpy as np
@@ -69,11 +69,10 @@ class InProcessStages:
     detector: object
     warper: GarmentWarper
     refiner: object | None = None
-    refine: Callable[..., Awaitable[np.ndarray]] | None = field(init=False, default=None)
 
-    def __post_init__(self) -> None:
-        if self.refiner is not None:
-            self.refine = self._refine
+    @property
+    def refine(self) -> Callable[..., Awaitable[np.ndarray]] | None:
+        return self._refine if self.refiner is not None else None
 
     async def detect(self, person: np.ndarray, garment: np.ndarray) -> PersonGeometry:
         return _first(self.detector.detect_batch([(person, garment)]))

@@ -67,12 +67,10 @@ class GarmentWarper:
         if category not in ("upper", "lower", "dress", "auto"):
             raise TryOnError("unsupported_category", f"Unknown category {category!r}; use one of: upper, lower, dress, auto.")
         mask = garment_mask(garment, self.settings)
-        chosen = check_category(category, shape_features(mask))
         rgba = np.empty((*garment.shape[:2], 4), dtype=np.uint8)
         rgba[..., :3] = garment[..., :3]
         rgba[..., 3] = mask * 255
-        anchors = garment_anchors(mask, chosen)
-        return PreparedGarment(rgba=rgba, anchors=anchors, parts=part_masks(mask, anchors))
+        return _prepared(rgba, mask, category)
 
     def warp_batch(self, requests: list[WarpRequest]) -> list[WarpResult | TryOnError]:
         results: list[WarpResult | TryOnError | None] = [None] * len(requests)
@@ -106,10 +104,8 @@ class GarmentWarper:
     def _plan(self, request: WarpRequest):
         if isinstance(request.garment, PreparedGarment):
             prepared = request.garment
-            if request.category not in ("auto", prepared.category):
-                mask = prepared.rgba[..., 3] > 127
-                anchors = garment_anchors(mask, check_category(request.category, shape_features(mask)))
-                prepared = PreparedGarment(prepared.rgba, anchors, part_masks(mask, anchors))
+            if request.category not in ("auto", prepared.category):  # prepared for another category
+                prepared = _prepared(prepared.rgba, prepared.rgba[..., 3] > 127, request.category)
         else:
             prepared = self.prepare_garment(request.garment, request.category)
         parts = control_points(request.geometry, prepared.anchors)
@@ -124,15 +120,15 @@ class GarmentWarper:
         height, width = request.person.shape[:2]
         rgb = np.zeros((height, width, 3), dtype=np.float32)
         alpha = np.zeros((height, width), dtype=np.float32)
-        # Body first, sleeves over it ("over" compositing of straight-alpha layers).
+        # The garment goes to the device once, premultiplied so edges don't pick up the background colour.
+        garment = torch.from_numpy(prepared.rgba).to(self.device).permute(2, 0, 1)[None].float() / 255.0
+        garment[:, :3] *= garment[:, 3:4]
+        # Body first, sleeves over it ("over" compositing of premultiplied layers).
         for part in ("body", "sleeve_l", "sleeve_r"):
             if part not in grids:
                 continue
-            layer = prepared.rgba.copy()
-            layer[..., 3] = np.where(prepared.parts[part], layer[..., 3], 0)
-            source = torch.from_numpy(layer).to(self.device).permute(2, 0, 1)[None].float() / 255.0
-            source[:, :3] *= source[:, 3:4]  # premultiply so edges don't pick up the background colour
-            warped = warp_with_grid(source, grids[part], out_size=(height, width))[0].permute(1, 2, 0).cpu().numpy()
+            keep = torch.from_numpy(prepared.parts[part]).to(self.device, garment.dtype)
+            warped = warp_with_grid(garment * keep, grids[part], out_size=(height, width))[0].permute(1, 2, 0).cpu().numpy()
             layer_alpha = np.clip(warped[..., 3], 0.0, 1.0)
             rgb = warped[..., :3] * 255.0 + rgb * (1.0 - layer_alpha[..., None])
             alpha = layer_alpha + alpha * (1.0 - layer_alpha)
@@ -141,3 +137,8 @@ class GarmentWarper:
         if placed.mean() < 0.002 * 255:
             raise TryOnError("body_region_not_visible", "The garment would not land on the visible body in this photo; send a photo showing more of the body.")
         return WarpResult(composite=out, refine_mask=refine_mask, garment_mask=placed, category=prepared.category)
+
+
+def _prepared(rgba: np.ndarray, mask: np.ndarray, category: str) -> PreparedGarment:
+    anchors = garment_anchors(mask, check_category(category, shape_features(mask)))
+    return PreparedGarment(rgba=rgba, anchors=anchors, parts=part_masks(mask, anchors))

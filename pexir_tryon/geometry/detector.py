@@ -11,7 +11,6 @@ import logging
 import math
 import threading
 
-import cv2
 import numpy as np
 
 from ..config import GeometrySettings, ImageSettings
@@ -114,7 +113,7 @@ class GeometryDetector:
             landmarks = self._pose_second_pass(working, person_mask, (height, width))
         if landmarks is None:
             raise TryOnError("no_person_detected", "No person was found in the person photo.")
-        self._check_single_person(faces, mesh, working.shape[:2])
+        self._check_single_person(faces, mesh)
 
         face_box = face_outline = face_orientation = None
         if mesh.multi_face_landmarks:
@@ -153,30 +152,19 @@ class GeometryDetector:
         height, width = size
         return np.array([[lm.x * width, lm.y * height, lm.visibility] for lm in pose.pose_landmarks.landmark], dtype=np.float32)
 
-    def _check_single_person(self, faces, mesh, working_size: tuple[int, int]) -> None:
-        boxes = []
-        for detection in faces.detections or []:
-            box = detection.location_data.relative_bounding_box
-            boxes.append((detection.score[0], box.width * box.height))
-        for face in mesh.multi_face_landmarks or []:
-            boxes.append((1.0, _landmark_span(face.landmark)))
-        confident = [area for score, area in boxes if score >= self.settings.second_face_min_confidence]
-        if len(confident) < 2:
+    def _check_single_person(self, faces, mesh) -> None:
+        """Several people: either face source (detector, mesh) sees two or more confident faces of
+        comparable size. Each source is counted on its own, since both see the main face."""
+        detected = [
+            d.location_data.relative_bounding_box.width * d.location_data.relative_bounding_box.height
+            for d in faces.detections or []
+            if d.score[0] >= self.settings.second_face_min_confidence
+        ]
+        meshed = [_landmark_span(face.landmark) for face in mesh.multi_face_landmarks or []]
+        if not detected and not meshed:
             return
-        # Face detection and face mesh both see the main face; count distinct sizable faces.
-        largest = max(confident)
-        sizable = [a for a in confident if a >= self.settings.second_face_min_relative_area * largest]
-        distinct_detections = sum(
-            1
-            for detection in faces.detections or []
-            if detection.score[0] >= self.settings.second_face_min_confidence
-            and detection.location_data.relative_bounding_box.width * detection.location_data.relative_bounding_box.height
-            >= self.settings.second_face_min_relative_area * largest
-        )
-        distinct_meshes = sum(
-            1 for face in mesh.multi_face_landmarks or [] if _landmark_span(face.landmark) >= self.settings.second_face_min_relative_area * largest
-        )
-        if len(sizable) >= 2 and max(distinct_detections, distinct_meshes) >= 2:
+        floor = self.settings.second_face_min_relative_area * max(detected + meshed)
+        if max(sum(a >= floor for a in detected), sum(a >= floor for a in meshed)) >= 2:
             raise TryOnError("multiple_people", "The person photo shows more than one person; send a photo of one person.")
 
     def _check_usable(self, geometry: PersonGeometry, person_mask: np.ndarray) -> None:
@@ -193,11 +181,8 @@ class GeometryDetector:
         else:
             span = 1.3 * np.linalg.norm(geometry.point(Landmark.LEFT_HIP) - geometry.point(Landmark.RIGHT_HIP))
         if span < self.settings.min_shoulder_fraction * max(height, width):
-            raise TryOnError(
-                "person_too_small",
-                f"The person fills too little of the photo (shoulders {span:.0f} px wide in a {width}x{height} photo); "
-                "crop closer to the person.",
-            )
+            # No measurement in the message: geometry never leaves the stage, not even in error text.
+            raise TryOnError("person_too_small", "The person fills too little of the photo; crop closer to the person.")
         if shoulders and geometry.faces_found == 0:
             # A frontal person has their left shoulder on the image's right.
             if geometry.point(L)[0] < geometry.point(R)[0] - 0.05 * span:
@@ -236,13 +221,3 @@ def _face_box_from_pose(landmarks: np.ndarray, min_visibility: float, size: tupl
     pad = 0.6 * max(x1 - x0, y1 - y0, 1.0)
     height, width = size
     return (float(max(0, x0 - pad)), float(max(0, y0 - 1.3 * pad)), float(min(width, x1 + pad)), float(min(height, y1 + 1.2 * pad)))
-
-
-def mask_bounding_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
-        return None
-    return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
-
-
-__all__ = ["GeometryDetector", "mask_bounding_box", "cv2"]
