@@ -25,22 +25,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
-os.environ.setdefault("GLOG_minloglevel", "2")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchlib import ROOT, machine, setup_environment, versions  # noqa: E402
+
+setup_environment()
 
 from pexir_tryon.backends.base import TryOnJob  # noqa: E402
 from pexir_tryon.config import get_settings, resolve_device  # noqa: E402
@@ -74,7 +70,8 @@ def make_inputs(folder: Path, rows: int) -> Path:
 def sequential(manifest: Path, out: Path, settings, device: str, batch_size: int) -> dict:
     """The plain loop: read, `run_batch`, write; one process."""
     from pexir_tryon.batch.manifest import read_manifest
-    from pexir_tryon.batch.worker import parse_options, read_image
+    from pexir_tryon.batch.worker import parse_options
+    from pexir_tryon.images import read_image
     from pexir_tryon.pipeline import TryOnPipeline
 
     out.mkdir(parents=True, exist_ok=True)
@@ -127,36 +124,6 @@ def ray_job(manifest: Path, out: Path, settings, actors: int, batch_size: int) -
         "steady_rows_per_s": (len(row_seconds) * actors / sum(row_seconds)) if row_seconds else None,
         "median_row_s": statistics.median(row_seconds) if row_seconds else None,
     }
-
-
-def versions() -> dict:
-    out = {"python": platform.python_version()}
-    for package in ("ray", "torch", "mediapipe", "numpy", "pyarrow", "fsspec", "opencv-contrib-python", "pexir-tryon"):
-        try:
-            out[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            out[package] = None
-    return out
-
-
-def machine(device: str) -> dict:
-    import torch
-
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "torch_threads": torch.get_num_threads(),
-    }
-    try:
-        info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError):
-        pass
-    if device.startswith("cuda"):
-        props = torch.cuda.get_device_properties(torch.device(device))
-        info.update(gpu=props.name, gpu_count=torch.cuda.device_count(), gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda)
-    return info
 
 
 def run(args) -> dict:
@@ -235,7 +202,7 @@ def run(args) -> dict:
         "benchmark": "batch",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(device),
-        "versions": versions(),
+        "versions": versions("ray", "torch", "mediapipe", "numpy", "pyarrow", "fsspec", "opencv-contrib-python", "pexir-tryon"),
         "config": {
             "device": device,
             "quick": args.quick,

@@ -22,18 +22,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchlib import ROOT, machine, setup_environment, versions  # noqa: E402
+
+setup_environment()
 
 from pexir_tryon.config import RefinerSettings, resolve_device  # noqa: E402
 from pexir_tryon.refine import DiffusionRefiner, RefineRequest, load_refiner_model  # noqa: E402
@@ -52,32 +53,6 @@ def make_request(long_side: int, short_side: int, seed: int) -> RefineRequest:
     mask[int(0.12 * height) : int(0.98 * height), int(0.05 * width) : int(0.95 * width)] = 255
     mask[int(0.12 * height) : int(0.3 * height), int(0.35 * width) : int(0.65 * width)] = 0  # the face stays
     return RefineRequest(image=image, mask=mask, seed=seed)
-
-
-def versions() -> dict:
-    out = {"python": platform.python_version()}
-    for package in ("torch", "diffusers", "transformers", "numpy", "opencv-contrib-python", "safetensors"):
-        try:
-            out[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            out[package] = None
-    return out
-
-
-def machine(device: str) -> dict:
-    import torch
-
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
-    }
-    if device.startswith("cuda"):
-        props = torch.cuda.get_device_properties(torch.device(device))
-        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
-    return info
 
 
 def cuda_memory(device: str) -> dict:
@@ -189,7 +164,7 @@ def run(args) -> dict:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine_before,
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        "versions": versions(),
+        "versions": versions("torch", "diffusers", "transformers", "numpy", "opencv-contrib-python", "safetensors"),
         "config": {
             "device": device,
             "quick": args.quick,

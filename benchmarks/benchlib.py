@@ -40,19 +40,13 @@ def setup_environment() -> None:
 
 
 def quiet_native_stderr() -> None:
-    """MediaPipe/TFLite print C++ log lines straight to fd 2, which would bury the progress bars.
-    Send fd 2 to /dev/null and keep Python's stderr (tracebacks, tqdm) on a copy of the real one.
+    """Keep MediaPipe's C++ log lines from burying the progress bars (see logs.silence_native_stderr).
     Set PEXIR_BENCH_NATIVE_LOGS=1 to keep the native logs."""
     if os.environ.get("PEXIR_BENCH_NATIVE_LOGS") == "1":
         return
-    try:
-        real = os.dup(2)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
-        os.close(devnull)
-        sys.stderr = os.fdopen(real, "w", buffering=1)
-    except OSError:  # pragma: no cover - no fd 2
-        pass
+    from pexir_tryon.logs import silence_native_stderr
+
+    silence_native_stderr()
 
 
 # --- records -------------------------------------------------------------------------------------
@@ -102,7 +96,8 @@ def machine(device: str) -> dict:
         info["torch_threads"] = torch.get_num_threads()
         if device.startswith("cuda"):
             props = torch.cuda.get_device_properties(torch.device(device))
-            info.update(gpu=props.name, gpu_count=torch.cuda.device_count(), gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda)
+            info.update(gpu=props.name, gpu_count=torch.cuda.device_count(), gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                        cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
     except ImportError:  # pragma: no cover
         pass
     return info

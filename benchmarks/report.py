@@ -422,29 +422,18 @@ def device_section(device: str, parts: dict[str, dict]) -> list[str]:
         lines += table(["milestone", "n", "median", "min – max"], [[labels[r[0]], *r[1:]] for r in rows])
         lines.append("")
 
-    refiner = parts.get("refiner")
-    if refiner:
-        lines.append("### Refiner (benchmarks/bench_refiner.py)")
-        lines.append("")
-        for data in [refiner, *refiner.get("_older", [])]:
+    for part, title, render in (("refiner", "Refiner (benchmarks/bench_refiner.py)", _refiner_table),
+                                ("batch", "Batch re-render (benchmarks/bench_batch.py)", _batch_table)):
+        newest = parts.get(part)
+        if not newest:
+            continue
+        lines += [f"### {title}", ""]
+        for data in [newest, *newest.get("_older", [])]:
             try:
-                lines += _refiner_table(data, newest=data is refiner)
+                lines += render(data, newest=data is newest)
             except (KeyError, TypeError, ValueError) as exc:
                 lines += [f"`{data.get('_source')}`: could not render ({type(exc).__name__}: {exc}).", ""]
-        lines.append(f"![refiner](refiner_{device}.png)")
-        lines.append("")
-
-    batch = parts.get("batch")
-    if batch:
-        lines.append("### Batch re-render (benchmarks/bench_batch.py)")
-        lines.append("")
-        for data in [batch, *batch.get("_older", [])]:
-            try:
-                lines += _batch_table(data, newest=data is batch)
-            except (KeyError, TypeError, ValueError) as exc:
-                lines += [f"`{data.get('_source')}`: could not render ({type(exc).__name__}: {exc}).", ""]
-        lines.append(f"![batch](batch_{device}.png)")
-        lines.append("")
+        lines += [f"![{part}]({part}_{device}.png)", ""]
     return lines
 
 

@@ -17,37 +17,20 @@ EXIT_REJECTED = 2
 EXIT_FAILED = 1
 
 
-def _read_image(spec: str, settings, *, what: str, keep_alpha: bool):
-    from .images import decode_image
-    from .samples import load_sample
-
-    if spec.startswith("sample:"):
-        try:
-            return load_sample(spec)
-        except KeyError as exc:
-            raise TryOnError("invalid_request", str(exc.args[0])) from None
-    path = Path(spec)
-    if not path.is_file():
-        raise TryOnError("invalid_request", f"The {what} file {spec!r} does not exist.")
-    size = path.stat().st_size
-    if size > settings.images.max_upload_bytes:
-        raise TryOnError("image_too_large", f"The {what} file is {size} bytes; the limit is {settings.images.max_upload_bytes} bytes.")
-    return decode_image(path.read_bytes(), settings.images, what=what, keep_alpha=keep_alpha)
-
-
 def cmd_run(args) -> int:
     from .config import get_settings
-    from .images import encode_jpeg, encode_png
+    from .backends.base import CATEGORIES
+    from .images import encode_jpeg, encode_png, read_image
     from .pipeline import TryOnPipeline
 
     settings = get_settings()
-    if args.category not in ("upper", "lower", "dress", "auto"):
-        raise TryOnError("unsupported_category", f"Unknown category {args.category!r}; use one of: upper, lower, dress, auto.")
+    if args.category not in CATEGORIES:
+        raise TryOnError("unsupported_category", f"Unknown category {args.category!r}; use one of: {', '.join(CATEGORIES)}.")
     out = Path(args.output)
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise TryOnError("invalid_request", f"The output file must end in .png, .jpg or .jpeg, not {out.suffix or 'nothing'!r}.")
-    person = _read_image(args.person, settings, what="person", keep_alpha=False)
-    garment = _read_image(args.garment, settings, what="garment", keep_alpha=True)
+    person = read_image(args.person, settings.images, what="person", keep_alpha=False)
+    garment = read_image(args.garment, settings.images, what="garment", keep_alpha=True)
     started = time.perf_counter()
     pipeline = TryOnPipeline.from_settings(settings, device=args.device)
     loaded = time.perf_counter()
@@ -194,27 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _silence_native_stderr() -> None:
-    """MediaPipe/TFLite print C++ log lines straight to fd 2. Send fd 2 to /dev/null and keep
-    Python's stderr on a copy of the real one, so the CLI's own output (and error line) stays clean."""
-    try:
-        real = os.dup(2)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
-        os.close(devnull)
-        sys.stderr = os.fdopen(real, "w", buffering=1)
-    except OSError:  # pragma: no cover - no fd 2 (embedded use)
-        pass
-
-
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ logs
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
+    from .logs import configure_logging, silence_native_stderr
+
     if not args.native_logs:
-        _silence_native_stderr()
+        silence_native_stderr()
     from .config import get_settings
-    from .logs import configure_logging
 
     try:
         # The one-shot commands print their own plain result line; their JSON logs show only warnings

@@ -297,6 +297,40 @@ def composite_on_white(rgba: np.ndarray) -> np.ndarray:
     return out
 
 
+def _public(location: str) -> str:
+    """A location fit for messages and logs: no query string (presigned URLs carry credentials)."""
+    return location.split("?", 1)[0]
+
+
+def read_image(location: str, limits, *, what: str, keep_alpha: bool) -> np.ndarray:
+    """Open a path or fsspec URL (or `sample:<name>`), refuse it when over the size limit, decode it.
+
+    Reads at most one byte past the limit, so an oversized file is never read whole."""
+    import fsspec
+
+    if not location:
+        raise TryOnError("invalid_request", f"The row has no {what} image.")
+    if location.startswith("sample:"):
+        from .samples import load_sample
+
+        try:
+            return load_sample(location)
+        except KeyError as exc:
+            raise TryOnError("invalid_request", str(exc.args[0])) from None
+    try:
+        with fsspec.open(location, "rb") as handle:
+            data = handle.read(limits.max_upload_bytes + 1)
+    except FileNotFoundError:
+        raise TryOnError("invalid_request", f"The {what} file {_public(location)!r} does not exist.") from None
+    except IsADirectoryError:
+        raise TryOnError("invalid_request", f"The {what} location {_public(location)!r} is a folder, not a file.") from None
+    except (OSError, ValueError, ImportError) as exc:
+        raise TryOnError("invalid_request", f"The {what} file {_public(location)!r} could not be read ({type(exc).__name__}).") from None
+    if len(data) > limits.max_upload_bytes:
+        raise TryOnError("image_too_large", f"The {what} file is over the limit of {limits.max_upload_bytes} bytes.")
+    return decode_image(data, limits, what=what, keep_alpha=keep_alpha)
+
+
 def encode_png(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG", compress_level=3)

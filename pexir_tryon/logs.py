@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 
@@ -36,3 +37,16 @@ def configure_logging(level: str = "INFO", stream=None) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+
+
+def silence_native_stderr() -> None:
+    """MediaPipe/TFLite print C++ log lines straight to fd 2. Send fd 2 to /dev/null and keep
+    Python's stderr (our logs, tracebacks, progress bars) on a copy of the real one."""
+    try:
+        real = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        sys.stderr = os.fdopen(real, "w", buffering=1)
+    except OSError:  # pragma: no cover - no fd 2 (embedded use)
+        pass

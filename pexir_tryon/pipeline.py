@@ -111,6 +111,10 @@ class TryOnPipeline:
             log.info("no refiner configured: running without stage 3", extra={"event": "refiner_disabled"})
         return cls(InProcessStages(detector=detector, warper=warper, refiner=refiner))
 
+    def close(self) -> None:
+        """Release the MediaPipe graphs (the other stages hold nothing that needs closing)."""
+        self.stages.detector.close()
+
     def __call__(self, person: np.ndarray, garment: np.ndarray, *, category: str = "auto", seed: int = 0,
                  steps: int | None = None, request_id: str = "local", user_id: str = "local") -> TryOnResult:
         import asyncio

@@ -25,6 +25,7 @@ from pexir_tryon.backends.alibaba import (
 from pexir_tryon.backends.base import Backend, TryOnJob
 from pexir_tryon.config import AlibabaSettings, Settings
 from pexir_tryon.errors import TryOnError
+from pexir_tryon.logs import JsonFormatter
 
 try:
     from tests.fakes.dashscope import fake_dashscope  # noqa: F401  (fixture)
@@ -692,6 +693,12 @@ def _all_text(exc: BaseException) -> str:
     return "\n".join(parts)
 
 
+def written_logs(caplog) -> str:
+    """The log lines exactly as the JSON handler writes them, structured fields included."""
+    formatter = JsonFormatter()
+    return "\n".join(formatter.format(record) for record in caplog.records)
+
+
 def test_secrets_never_in_errors_reprs_or_logs(fake_dashscope, caplog):
     fake = fake_dashscope
     fake.oss.access_key_id = DISTINCTIVE_OSS_ID
@@ -709,7 +716,7 @@ def test_secrets_never_in_errors_reprs_or_logs(fake_dashscope, caplog):
     backend = make_backend(fake, **overrides)
     text += repr(backend) + repr(backend.settings) + str(backend.settings) + repr(backend.uploader) + repr(backend.client)
     asyncio.run(backend.close())
-    logs = "\n".join(r.getMessage() for r in caplog.records)
+    logs = written_logs(caplog)
     for secret in secrets:
         assert secret not in text
         assert secret not in logs
@@ -722,7 +729,7 @@ def test_no_signed_urls_or_secrets_in_logs_of_a_successful_run(fake_dashscope, c
     fake.api_keys = {DISTINCTIVE_KEY}
     caplog.set_level(logging.DEBUG)
     run_one(fake, oss_access_key_id=SecretStr(DISTINCTIVE_OSS_ID), oss_access_key_secret=SecretStr(DISTINCTIVE_OSS_SECRET))
-    logs = "\n".join(r.getMessage() for r in caplog.records)
+    logs = written_logs(caplog)
     assert "HTTP Request" in logs  # httpx did log the requests...
     for needle in (DISTINCTIVE_KEY, DISTINCTIVE_OSS_ID, DISTINCTIVE_OSS_SECRET, "x-oss-signature=", "Signature="):
         assert needle not in logs  # ...without signatures or keys

@@ -9,8 +9,10 @@ import pytest
 
 from pexir_tryon.batch.manifest import ManifestRow, fingerprint, read_manifest
 from pexir_tryon.batch.rerender import plan_pool, plan_rows
-from pexir_tryon.batch.results import RESULTS_NAME, ResultsLog, write_atomically
-from pexir_tryon.batch.worker import parse_options, read_image
+from pexir_tryon.atomic import write_atomically
+from pexir_tryon.batch.results import RESULTS_NAME, ResultsLog
+from pexir_tryon.batch.worker import parse_options
+from pexir_tryon.images import read_image
 from pexir_tryon.config import ImageSettings
 from pexir_tryon.errors import TryOnError
 

@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import io
-import random
 import uuid
 
 import fsspec
 import pytest
-from PIL import Image
 
 from pexir_tryon.config import StoreSettings
 from pexir_tryon.errors import TryOnError
 from pexir_tryon.store import TryOnStore
 from pexir_tryon.store.blobs import parse_key
 from pexir_tryon.store.testing import FakeClock
-
-
-def png(seed: int) -> bytes:
-    rng = random.Random(seed)
-    img = Image.frombytes("RGB", (8, 8), bytes(rng.randrange(256) for _ in range(8 * 8 * 3)))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+from fakes.store_files import png
 
 
 @pytest.fixture

@@ -3,29 +3,19 @@ empty scratch database, e.g. postgresql+psycopg://postgres@127.0.0.1:5432/pexir_
 
 from __future__ import annotations
 
-import io
 import os
-import random
 import threading
 
 import pytest
-from PIL import Image
 
 from pexir_tryon.config import StoreSettings
 from pexir_tryon.errors import TryOnError
 from pexir_tryon.store import TryOnStore
 from pexir_tryon.store.schema import Base
 from pexir_tryon.store.testing import FakeClock
+from fakes.store_files import png
 
 POSTGRES_URL = os.environ.get("PEXIR_TEST_POSTGRES_URL")
-
-
-def png(seed: int) -> bytes:
-    rng = random.Random(seed)
-    img = Image.frombytes("RGB", (8, 8), bytes(rng.randrange(256) for _ in range(8 * 8 * 3)))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

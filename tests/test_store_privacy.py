@@ -6,31 +6,22 @@ import base64
 import io
 import json
 import os
-import random
 import stat
 import zipfile
 from pathlib import Path
 
 import pytest
-from PIL import Image
 from pydantic import SecretStr
 from sqlalchemy import create_engine, inspect, text
 
 from pexir_tryon.config import Settings, StoreSettings
 from pexir_tryon.errors import TryOnError
 from pexir_tryon.store import BlobDecryptError, TryOnStore, purge_user_command
+from fakes.store_files import png
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ALICE = "user-alice-7f3a9c"
 BOB = "user-bob-11d0e2"
-
-
-def png(seed: int, size: int = 12) -> bytes:
-    rng = random.Random(seed)
-    img = Image.frombytes("RGB", (size, size), bytes(rng.randrange(256) for _ in range(size * size * 3)))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def all_files(root: Path) -> list[Path]:

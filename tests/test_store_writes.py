@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-import io
 import logging
-import random
 import threading
 from pathlib import Path
 
 import pytest
-from PIL import Image
 from sqlalchemy import event, func, select
 
 from pexir_tryon.config import StoreSettings
 from pexir_tryon.errors import TryOnError
 from pexir_tryon.store import TryOnStore
 from pexir_tryon.store.schema import AuditRow, ResultRow, UploadRow
-
-
-def png(seed: int, size: int = 12) -> bytes:
-    rng = random.Random(seed)
-    img = Image.frombytes("RGB", (size, size), bytes(rng.randrange(256) for _ in range(size * size * 3)))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def blob_files(data_dir: Path) -> list[Path]:
-    return sorted(p for p in (data_dir / "blobs").rglob("*") if p.is_file())
+from fakes.store_files import blob_files, png
 
 
 def count(store: TryOnStore, model) -> int:

@@ -26,12 +26,13 @@ from pathlib import Path
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from ..atomic import TMP_PREFIX, write_atomically
+
 log = logging.getLogger(__name__)
 
 RESULTS_NAME = "results.jsonl"
 PARTS_DIR = "results.parts"
 OUTPUT_SUFFIX = ".png"
-TMP_PREFIX = ".tmp-"
 FIELDS = ("id", "status", "output", "error_code", "error_message", "timings", "fingerprint", "backend", "finished_at")
 
 
@@ -45,29 +46,6 @@ def out_location(out: str) -> tuple[fsspec.AbstractFileSystem, str]:
 
 def output_path(root: str, row_id: str) -> str:
     return f"{root}/{row_id}{OUTPUT_SUFFIX}"
-
-
-def write_atomically(fs, path: str, data: bytes) -> None:
-    """Local: temp file in the same folder, fsync, rename over the final name. Object stores'
-    PUT is atomic already, so there the bytes go to the final key directly."""
-    if not isinstance(fs, LocalFileSystem):
-        fs.pipe_file(path, data)
-        return
-    directory, name = os.path.split(path)
-    tmp = os.path.join(directory, f"{TMP_PREFIX}{name}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def utc_now() -> str:

@@ -16,47 +16,15 @@ import time
 
 import numpy as np
 
-from ..backends.base import CATEGORIES, TryOnJob, TryOnResult
+from ..backends.base import CATEGORIES, TryOnJob
 from ..errors import TryOnError
-from .results import out_location, output_path, utc_now, write_atomically
+from ..images import read_image
+from ..atomic import write_atomically
+from .results import out_location, output_path, utc_now
 
 log = logging.getLogger(__name__)
 
 BATCH_USER = "batch"
-
-
-def _public(location: str) -> str:
-    """A location fit for messages and logs: no query string (presigned URLs carry credentials)."""
-    return location.split("?", 1)[0]
-
-
-def read_image(location: str, limits, *, what: str, keep_alpha: bool) -> np.ndarray:
-    """Open a path or fsspec URL (or `sample:<name>`), check its size and decode it."""
-    import fsspec
-
-    from ..images import decode_image
-
-    if not location:
-        raise TryOnError("invalid_request", f"The row has no {what} image.")
-    if location.startswith("sample:"):
-        from ..samples import load_sample
-
-        try:
-            return load_sample(location)
-        except KeyError as exc:
-            raise TryOnError("invalid_request", str(exc.args[0])) from None
-    try:
-        with fsspec.open(location, "rb") as handle:
-            data = handle.read(limits.max_upload_bytes + 1)
-    except FileNotFoundError:
-        raise TryOnError("invalid_request", f"The {what} file {_public(location)!r} does not exist.") from None
-    except IsADirectoryError:
-        raise TryOnError("invalid_request", f"The {what} location {_public(location)!r} is a folder, not a file.") from None
-    except (OSError, ValueError, ImportError) as exc:
-        raise TryOnError("invalid_request", f"The {what} file {_public(location)!r} could not be read ({type(exc).__name__}).") from None
-    if len(data) > limits.max_upload_bytes:
-        raise TryOnError("image_too_large", f"The {what} file is over the limit of {limits.max_upload_bytes} bytes.")
-    return decode_image(data, limits, what=what, keep_alpha=keep_alpha)
 
 
 def parse_options(row: dict, default_seed: int) -> tuple[str, int]:
@@ -73,27 +41,6 @@ def parse_options(row: dict, default_seed: int) -> tuple[str, int]:
     if not 0 <= seed < 2**63:
         raise TryOnError("invalid_request", f"The seed {seed} is out of range (0 to 2^63-1).")
     return category, seed
-
-
-class _LocalBackend:
-    """The in-process pipeline (stages 1-3) behind the same async call as the other backends."""
-
-    name = "local"
-
-    def __init__(self, settings, device: str | None):
-        from ..pipeline import TryOnPipeline
-
-        self.pipeline = TryOnPipeline.from_settings(settings, device=device)
-
-    async def try_on(self, job: TryOnJob) -> TryOnResult:
-        from ..pipeline import run_tryon
-
-        return await run_tryon(job, self.pipeline.stages, backend_name="local")
-
-    async def close(self) -> None:
-        detector = getattr(self.pipeline.stages, "detector", None)
-        if hasattr(detector, "close"):
-            detector.close()
 
 
 class RerenderWorker:
@@ -113,8 +60,12 @@ class RerenderWorker:
         self.fs, self.root = out_location(out)
         self._loop = asyncio.new_event_loop()
         if backend == "local":
+            from ..backends.local import LocalBackend
+            from ..pipeline import TryOnPipeline
+
             _deterministic_torch()
-            self.backend = _LocalBackend(settings, device)
+            self._pipeline = TryOnPipeline.from_settings(settings, device=device)
+            self.backend = LocalBackend(self._pipeline.stages)
             row_concurrency = 1  # CPU/GPU bound, and MediaPipe graphs take one call at a time
         elif backend == "alibaba":
             from ..backends.alibaba import AlibabaCloudBackend
@@ -190,6 +141,8 @@ class RerenderWorker:
         try:
             if hasattr(self, "backend"):
                 loop.run_until_complete(self.backend.close())
+            if getattr(self, "_pipeline", None) is not None:
+                self._pipeline.close()
         finally:
             loop.close()
 

@@ -12,14 +12,14 @@ already atomic, so there the bytes are written to the final key directly.
 from __future__ import annotations
 
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-TMP_PREFIX = ".tmp-"
+from ..atomic import TMP_PREFIX, write_atomically
+
 SUFFIX = ".blob"
 
 
@@ -66,23 +66,9 @@ class BlobStore:
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        if not self.is_local:
-            self.fs.pipe_file(path, data)
-            return
-        directory, name = os.path.split(path)
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        tmp = os.path.join(directory, f"{TMP_PREFIX}{name}.{secrets.token_hex(4)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            _unlink_quietly(tmp)
-            raise
-        _fsync_dir(directory)
+        if self.is_local:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        write_atomically(self.fs, path, data, mode=0o600)
 
     def get(self, key: str) -> bytes:
         """The stored bytes; FileNotFoundError if the blob is gone."""
@@ -123,23 +109,3 @@ class BlobStore:
             if p.startswith(root):
                 out.append(parse_key(p[len(root) :]))
         return out
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
-
-
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

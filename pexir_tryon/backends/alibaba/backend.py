@@ -212,7 +212,7 @@ class AlibabaCloudBackend:
                     rec.deleted += 1
             count += 1 + rec.deleted
         if records:
-            log.info("alibaba: purged user jobs=%d", len(records))
+            log.info("alibaba: purged a user's jobs", extra={"event": "alibaba_user_purged", "jobs": len(records)})
         return count
 
     async def close(self) -> None:
@@ -295,7 +295,7 @@ class AlibabaCloudBackend:
         try:
             return await asyncio.to_thread(restore_result, data, person, (job.person.shape[1], job.person.shape[0]))
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            log.error("alibaba: provider result unreadable (%s) request_id=%s", type(exc).__name__, job.request_id)
+            log.error("alibaba: provider result unreadable", extra={"event": "alibaba_result_unreadable", "error_type": type(exc).__name__, "request_id": job.request_id})
             raise TryOnError("provider_error", "The provider's result is not a readable image; retry the try-on.", retry_after_s=1) from None
 
     async def _upload(self, rec: _Inflight, prepared: PreparedImage, name: str, model: str) -> UploadedInput:
@@ -319,7 +319,7 @@ class AlibabaCloudBackend:
             _, refined_bytes = await self._run_task(rec, body, deadline, job)
             return await self._restore(refined_bytes, person, job)
         except TryOnError as exc:
-            log.warning("alibaba: refiner pass failed (%s); using the unrefined result request_id=%s", exc.code, job.request_id)
+            log.warning("alibaba: refiner pass failed; using the unrefined result", extra={"event": "alibaba_refiner_failed", "code": exc.code, "request_id": job.request_id})
             raise _Abandoned() from None
 
     async def _run_task(self, rec: _Inflight, body: dict, deadline: float, job: TryOnJob) -> tuple[str, bytes]:
@@ -355,7 +355,7 @@ class AlibabaCloudBackend:
                     submit.cancel()
             raise
         rec.task_ids[task_id] = "PENDING"
-        log.info("alibaba: submitted model=%s task=%s request_id=%s", model, task_id, job.request_id)
+        log.info("alibaba: submitted", extra={"event": "alibaba_submitted", "model": model, "task_id": task_id, "request_id": job.request_id})
 
         interval = self.settings.poll_interval_s
         status = "PENDING"
@@ -370,7 +370,7 @@ class AlibabaCloudBackend:
                 raise self._deadline_error(f"the task was still {status}") from None
             new_status = str(output.get("task_status"))
             if new_status != status:
-                log.info("alibaba: task=%s %s -> %s", task_id, status, new_status)
+                log.info("alibaba: task status changed", extra={"event": "alibaba_task_status", "task_id": task_id, "from_status": status, "status": new_status})
             status = new_status
             rec.task_ids[task_id] = status
             if status in FINAL_STATES:
@@ -382,7 +382,7 @@ class AlibabaCloudBackend:
             if isinstance(url, list):
                 url = url[0] if url else None
             if not isinstance(url, str) or not url:
-                log.error("alibaba: task=%s SUCCEEDED without an image_url", task_id)
+                log.error("alibaba: task succeeded without an image_url", extra={"event": "alibaba_no_result_url", "task_id": task_id})
                 raise TryOnError("provider_error", "The provider finished without a result image; retry the try-on.", retry_after_s=1)
             try:
                 return url, await self.client.download(url, deadline=deadline)
@@ -390,12 +390,12 @@ class AlibabaCloudBackend:
                 raise self._deadline_error("downloading the result") from None
         if status == "FAILED":
             code, message = output.get("code"), output.get("message")
-            log.warning("alibaba: task=%s FAILED %s: %s", task_id, safe_code(code), scrub(message, self._secrets))
+            log.warning("alibaba: task failed", extra={"event": "alibaba_task_failed", "task_id": task_id, "provider_code": safe_code(code), "provider_message": scrub(message, self._secrets)})
             raise map_provider_error(code, message)
         if status == "CANCELED":
             raise TryOnError("provider_error", "The provider cancelled the task; retry the try-on.", retry_after_s=1)
         # UNKNOWN or HTTP 404: the provider no longer knows the task.
-        log.error("alibaba: task=%s is unknown to the provider (%s)", task_id, output.get("http_status", "UNKNOWN"))
+        log.error("alibaba: task unknown to the provider", extra={"event": "alibaba_task_unknown", "task_id": task_id, "provider_status": str(output.get("http_status", "UNKNOWN"))})
         raise TryOnError("provider_error", "The provider lost track of the task; retry the try-on.", retry_after_s=1)
 
     def _deadline_error(self, where: str) -> TryOnError:
@@ -414,9 +414,9 @@ class AlibabaCloudBackend:
                 if not item.deleted and self.uploader.can_delete and await self.uploader.delete(item):
                     rec.deleted += 1
         except Exception as exc:  # pragma: no cover - cleanup must not mask the job's outcome
-            log.error("alibaba: cleanup error %s request_id=%s", type(exc).__name__, rec.request_id)
+            log.error("alibaba: cleanup failed", extra={"event": "alibaba_cleanup_failed", "error_type": type(exc).__name__, "request_id": rec.request_id})
         finally:
             try:  # idempotent, and also withdraws a still-waiting acquire
                 await self.limiter.release_task(slot_key, slot_token)
             except Exception as exc:  # pragma: no cover
-                log.error("alibaba: could not release a task slot (%s); its lease will expire", type(exc).__name__)
+                log.error("alibaba: could not release a task slot; its lease will expire", extra={"event": "alibaba_slot_release_failed", "error_type": type(exc).__name__})

@@ -165,13 +165,9 @@ class DashScopeClient:
                 if failure.retry_after is not None:
                     delay = max(delay, min(failure.retry_after, self.retry.max_s))
                 attempt += 1
-                log.warning(
-                    "alibaba: %s failed (%s%s%s), attempt %d; retrying in %.2fs",
-                    what, failure.what,
-                    f" HTTP {failure.status}" if failure.status else "",
-                    f" {failure.code}" if failure.code else "",
-                    attempt, delay,
-                )
+                log.warning("alibaba: call failed; retrying", extra={
+                    "event": "alibaba_retry", "call": what, "failure": failure.what, "http_status": failure.status,
+                    "provider_code": failure.code or None, "attempt": attempt, "delay_s": round(delay, 3)})
                 if self._clock() + delay >= deadline:
                     raise self._exhausted(failure) from None
                 if guard.give_up:
@@ -198,7 +194,8 @@ class DashScopeClient:
             except ValueError:
                 retry_after = None
             raise _Retryable("provider answer", resp.status_code, safe_code(code) if code else None, retry_after)
-        log.error("alibaba: %s answered HTTP %d %s: %s", what, resp.status_code, safe_code(code), scrub(message, self._secrets))
+        log.error("alibaba: call refused", extra={"event": "alibaba_call_refused", "call": what, "http_status": resp.status_code,
+                                                   "provider_code": safe_code(code), "provider_message": scrub(message, self._secrets)})
         raise map_provider_error(code, message, resp.status_code)
 
     @staticmethod
@@ -233,7 +230,7 @@ class DashScopeClient:
                     raise DeadlineReached("submit") from None
                 # The whole request went out, so the provider may have queued the task: submitting
                 # again could run (and bill) it twice. Connect/write failures are retried below.
-                log.error("alibaba: submit timed out (%s); not resubmitting", type(exc).__name__)
+                log.error("alibaba: submit timed out; not resubmitting", extra={"event": "alibaba_submit_timeout", "error_type": type(exc).__name__})
                 raise TryOnError("provider_error", "The Alibaba Cloud provider did not answer the submission in time; retry later.", retry_after_s=5) from None
             except httpx.TransportError as exc:
                 raise _Retryable(type(exc).__name__, timed_out=isinstance(exc, httpx.TimeoutException)) from None
@@ -273,13 +270,13 @@ class DashScopeClient:
         try:
             resp = await self._api.post(f"{self.base_url}/tasks/{task_id}/cancel", headers=self._headers(), timeout=max(0.1, timeout_s))
         except httpx.HTTPError as exc:
-            log.warning("alibaba: cancel of task %s failed: %s", task_id, type(exc).__name__)
+            log.warning("alibaba: cancel failed", extra={"event": "alibaba_cancel_failed", "task_id": task_id, "error_type": type(exc).__name__})
             return False
         if resp.status_code == 200:
-            log.info("alibaba: cancelled task %s", task_id)
+            log.info("alibaba: cancelled a task", extra={"event": "alibaba_cancelled", "task_id": task_id})
             return True
         code, _ = _error_fields(resp)
-        log.info("alibaba: task %s not cancelled: HTTP %d %s", task_id, resp.status_code, safe_code(code))
+        log.info("alibaba: task not cancelled", extra={"event": "alibaba_not_cancelled", "task_id": task_id, "http_status": resp.status_code, "provider_code": safe_code(code)})
         return False
 
     async def download(self, url: str, *, deadline: float) -> bytes:
@@ -291,7 +288,7 @@ class DashScopeClient:
             try:
                 async with self._downloads.stream("GET", url, timeout=timeout) as resp:
                     if resp.status_code in (401, 403, 404, 410):
-                        log.error("alibaba: result download answered HTTP %d (expired or missing)", resp.status_code)
+                        log.error("alibaba: result download refused (expired or missing)", extra={"event": "alibaba_download_refused", "http_status": resp.status_code})
                         raise TryOnError("provider_error", "The provider's result URL had expired or pointed nowhere; retry the try-on.", retry_after_s=1)
                     if is_retryable_status(resp.status_code):
                         raise _Retryable("result download", resp.status_code)

@@ -135,7 +135,7 @@ class OssUploader:
             raise
         except Exception as exc:
             # SDK messages can carry request details; log the kind and codes only.
-            log.error("alibaba: OSS upload failed: %s", _describe_oss_error(exc))
+            log.error("alibaba: OSS upload failed", extra={"event": "alibaba_oss_upload_failed", "error": _describe_oss_error(exc)})
             # The PUT may have landed before the failure: try to remove it.
             await self.delete(UploadedInput(url="", key=key))
             raise TryOnError("provider_error", "Uploading the images for the Alibaba Cloud backend failed; retry later.", retry_after_s=5) from None
@@ -148,12 +148,12 @@ class OssUploader:
             try:
                 await asyncio.to_thread(self._delete, item.key)
             except Exception as exc:
-                log.warning("alibaba: OSS delete attempt %d failed for %s: %s", attempt + 1, item.key, _describe_oss_error(exc))
+                log.warning("alibaba: OSS delete failed", extra={"event": "alibaba_oss_delete_retry", "attempt": attempt + 1, "key": item.key, "error": _describe_oss_error(exc)})
                 await asyncio.sleep(0.05 * (attempt + 1))
                 continue
             item.deleted = True
             return True
-        log.error("alibaba: could not delete %s from OSS; the bucket lifecycle rule must expire it", item.key)
+        log.error("alibaba: could not delete an OSS object; the bucket lifecycle rule must expire it", extra={"event": "alibaba_oss_delete_failed", "key": item.key})
         return False
 
     async def _reap(self, put: asyncio.Future, key: str) -> None:
