@@ -6,7 +6,8 @@ parameters match, and denoises each group, up to ``max_batch_size`` at a time, i
 inpainting call. Every request has its own ``torch.Generator`` (on the CPU, so the same seed gives
 the same noise on any device) and its noise is drawn separately, so a request's result does not
 depend on what else is in the batch. The result is pasted back only inside the mask: pixels where
-the mask is 0 (face, hands, background) come back bit-identical. A request that fails (bad
+the mask is 0 (face, hands, background) come back bit-identical, and inside it the garment's
+colour is locked to the composite's (``colour.py``). A request that fails (bad
 input, or a failure that persists when its batch is split) gets a TryOnError in its slot; the
 others still run.
 """
@@ -23,6 +24,7 @@ import numpy as np
 
 from pexir_tryon.config import RefinerSettings
 from pexir_tryon.errors import TryOnError
+from pexir_tryon.refine.colour import lock_colours
 from pexir_tryon.refine.crop import MASK_THRESHOLD, CropPlan, cut, paste, plan_crop
 from pexir_tryon.refine.model import RefinerModel
 
@@ -181,6 +183,7 @@ class DiffusionRefiner:
             return
         for job, refined in zip(jobs, outputs):
             try:
+                refined = lock_colours(refined, job.work_image, job.work_mask > 0.5, self.settings.colour_lock)
                 results[job.index] = paste(job.image, job.repaint, refined, job.plan)
             except Exception as exc:  # noqa: BLE001
                 log.exception("refiner paste failed", extra={"slot": job.index})
