@@ -20,32 +20,12 @@ from pexir_tryon.config import ImageSettings
 from pexir_tryon.errors import TryOnError
 from pexir_tryon.images import MAX_JPEG_SCANS, decode_image
 
+from fakes.image_files import encode, png_bomb, png_bytes, png_chunk
+
 LIMITS = ImageSettings()
 
 
 # --- builders ---------------------------------------------------------------------------------
-
-
-def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **kwargs)
-    return buffer.getvalue()
-
-
-def png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
-
-
-def png_bytes(width: int, height: int, *, bit_depth: int, colour_type: int, raw: bytes | None = None,
-              idat: bytes | None = None, extra: list[bytes] = ()) -> bytes:
-    """A PNG written by hand: `raw` is the unfiltered scanlines (each gets filter byte 0)."""
-    if idat is None:
-        channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[colour_type]
-        stride = (width * channels * bit_depth + 7) // 8
-        rows = b"".join(b"\x00" + raw[y * stride:(y + 1) * stride] for y in range(height))
-        idat = zlib.compress(rows)
-    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + b"".join(extra) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
 
 
 def blocks(width: int = 96, height: int = 64, size: int = 32) -> np.ndarray:
@@ -211,11 +191,6 @@ def test_file_exactly_max_upload_bytes_is_accepted():
     assert_rgb(decode_image(data, ImageSettings(max_upload_bytes=len(data))), 96, 64)
 
 
-def _png_bomb(width: int, height: int) -> bytes:
-    """A PNG header claiming width x height, with a tiny compressed IDAT (two zero rows)."""
-    return png_bytes(width, height, bit_depth=8, colour_type=0, idat=zlib.compress(bytes(2 * (width + 1)), 9))
-
-
 def _png_real_bomb() -> bytes:
     """A complete, valid 8000x6000 grayscale PNG (48 Mpx, over the 40 Mpx limit) of about 50 kB."""
     width, height = 8000, 6000
@@ -257,7 +232,7 @@ def _webp_bomb(width: int, height: int) -> bytes:
 
 
 BOMBS = {
-    "png_50000x50000": lambda: _png_bomb(50000, 50000),
+    "png_50000x50000": lambda: png_bomb(50000, 50000),
     "png_8000x6000_complete": _png_real_bomb,
     "gif_screen_50000x50000": lambda: _gif_bomb((50000, 50000), (1, 1)),
     "gif_frame_60000x60000": lambda: _gif_bomb((100, 100), (60000, 60000)),
