@@ -240,3 +240,17 @@ def test_any_aspect_ratio_is_padded_not_cropped(warper, detector, photos, garmen
     wide = cv2.copyMakeBorder(photos["grace_hopper"], 0, 0, 400, 400, cv2.BORDER_CONSTANT, value=(250, 250, 250))
     result = warper.warp_batch([WarpRequest(wide, garments["tshirt"], detector.detect(wide))])[0]
     assert result.composite.shape == wide.shape
+
+
+@pytest.mark.parametrize("person", ["astronaut", "grace_hopper"])
+@pytest.mark.parametrize("dress", ["dress", "dress_checked"])
+def test_a_dress_sent_as_upper_is_worn_as_a_top_below_the_chin(warper, photos, geometries, garments, person, dress):
+    # A flared hem once put the "shoulders" on the skirt and the bodice around the head.
+    geometry = geometries[person]
+    result = warper.warp_batch([WarpRequest(photos[person], garments[dress], geometry, category="upper")])[0]
+    assert result.category == "upper"
+    chin = int(geometry.face_box[3])
+    placed = result.garment_mask > 0
+    assert not placed[:chin].any(), f"{placed[:chin].sum()} garment pixels above the chin"
+    assert placed[-3:].any()  # and it still runs to the bottom edge of a waist-up photo
+

@@ -161,6 +161,12 @@ def _upper_anchors(mask: np.ndarray, bbox, category: str) -> GarmentAnchors:
         tl, tr = _row_extent(mask, top_rows[-1])
         half_torso = 0.5 * (tr - tl)
         cx = 0.5 * (tl + tr)
+    else:
+        # A flared hem (a dress or a peplum top sent as "upper") is wider than the chest: take the
+        # narrower of hem and chest, or the shoulders land on the skirt and the top above the head.
+        chest = central_run(mask[y0 + int(0.3 * height)], cx)
+        if chest is not None:
+            half_torso = min(half_torso, 0.5 * (chest[1] - chest[0]))
     points: dict[str, np.ndarray] = {}
 
     def top_of_column(x: float) -> float:

@@ -17,12 +17,11 @@ def protected_region(geometry: PersonGeometry, person_mask: np.ndarray) -> np.nd
         x0, y0, x1, y1 = geometry.face_box
         pad_x, pad_y = 0.06 * (x1 - x0), 0.06 * (y1 - y0)
         cv2.rectangle(protect, (int(x0 - pad_x), int(y0 - pad_y)), (int(np.ceil(x1 + pad_x)), int(np.ceil(y1 + pad_y))), 1, cv2.FILLED)
-        # Head and hair: the person's pixels above the chin, across a band wider than the face.
+        # Head and hair: everything above the chin across a band wider than the face, the person's
+        # pixels and the margin around them alike (no garment belongs beside the hair).
         chin = int(np.ceil(y1 + pad_y))
-        band = np.zeros_like(protect)
         cx, half = 0.5 * (x0 + x1), 0.9 * (x1 - x0)
-        band[: max(0, chin), max(0, int(cx - half)) : min(width, int(cx + half) + 1)] = 1
-        protect |= band & (person_mask > 127)
+        protect[: max(0, chin), max(0, int(cx - half)) : min(width, int(cx + half) + 1)] = 1
     if geometry.face_outline is not None:
         cv2.fillConvexPoly(protect, cv2.convexHull(geometry.face_outline.astype(np.int32)), 1)
     scale = _body_scale(geometry)
