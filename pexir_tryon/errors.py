@@ -51,6 +51,8 @@ ERROR_KINDS: dict[str, ErrorKind] = {
         ErrorKind("backend_misconfigured", 503, "The server's backend configuration is invalid (operators: check the logs); retry later."),
         ErrorKind("stage_unavailable", 503, "A pipeline stage is restarting; retry in a few seconds."),
         ErrorKind("model_not_available", 503, "Operators: the model files are missing or corrupt; see the server log."),
+        ErrorKind("method_not_allowed", 405, "Use the method the route documents (see /docs); the Allow header lists them."),
+        ErrorKind("not_acceptable", 406, "Accept image/png, image/jpeg or application/json (or leave Accept out for PNG)."),
         ErrorKind("internal_error", 500, "An unexpected server error; retry, and report the request id if it persists."),
     ]
 }

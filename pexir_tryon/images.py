@@ -83,7 +83,8 @@ def decode_image(data: bytes, limits: ImageSettings, *, what: str = "input", kee
     except TryOnError:
         raise
     except Image.DecompressionBombError:
-        raise TryOnError("image_too_large", f"The {what} image has more pixels than this server decodes.") from None
+        raise TryOnError("image_too_large", f"The {what} image has more pixels than this server decodes: at most {limits.max_side} px "
+                                            f"on a side and {limits.max_pixels} pixels in all.") from None
     except MemoryError:
         raise TryOnError("image_too_large", f"The {what} image could not be decoded within the memory available.") from None
     except Exception as exc:  # noqa: BLE001 - any parser or codec failure is a bad file

@@ -42,7 +42,9 @@ OPERATIONS = [
     "DELETE /v1/users/{user_id}",
     "GET /v1/users/{user_id}/export",
     "GET /healthz",
+    "HEAD /healthz",
     "GET /readyz",
+    "HEAD /readyz",
 ]
 
 

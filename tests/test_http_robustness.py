@@ -9,6 +9,7 @@ the HTTP API for the same bad file.
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import os
@@ -340,6 +341,68 @@ def test_seed_or_steps_out_of_range_is_invalid_request(client, person_png, tshir
 
 def test_both_person_and_upload_id_is_invalid_request(client, person_png, tshirt_png):
     assert_error(tryon(client, person_png, tshirt_png, person_upload_id="upl_anything"), 422, "invalid_request")
+
+
+def test_two_person_files_are_refused_not_resolved_to_one(client, person_png, tshirt_png):
+    files = [("person", ("a.png", person_png, "image/png")), ("person", ("b.png", encode_png(person_sample("astronaut")), "image/png")),
+             ("garment", ("g.png", tshirt_png, "image/png"))]
+    error = assert_error(client.post("/v1/tryon", files=files, headers=auth()), 422, "invalid_request")
+    assert "'person' was sent 2 times" in error["message"]
+
+
+def test_a_form_urlencoded_body_is_told_to_send_multipart(client):
+    error = assert_error(client.post("/v1/tryon", data={"person": "x", "garment": "y"}, headers=auth()), 422, "invalid_request")
+    assert "multipart/form-data" in error["message"]
+
+
+def test_a_json_body_is_told_to_send_multipart(client):
+    error = assert_error(client.post("/v1/tryon", json={"person": "x"}, headers=auth()), 422, "invalid_request")
+    assert "multipart/form-data" in error["message"] and "application/json" in error["message"]
+
+
+def test_a_text_value_in_a_file_field_is_told_to_send_a_file(client, tshirt_png):
+    response = client.post("/v1/tryon", data={"person": "hello"}, files={"garment": ("g.png", tshirt_png, "image/png")}, headers=auth())
+    error = assert_error(response, 422, "invalid_request")
+    assert "'person': send a file" in error["message"]
+
+
+def test_the_wrong_method_is_405_with_the_allowed_ones(client):
+    response = client.get("/v1/tryon", headers=auth())
+    assert_error(response, 405, "method_not_allowed")
+    assert "POST" in response.headers["allow"]
+
+
+def test_head_on_the_health_routes_is_answered(client):
+    assert client.head("/healthz").status_code == 200
+    assert client.head("/readyz").status_code == 200
+
+
+def test_accept_q_values_are_honoured(client, person_png, tshirt_png):
+    response = tryon(client, person_png, tshirt_png, headers={**auth(), "Accept": "image/jpeg;q=0.5, image/png"})
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+
+
+def test_an_accept_nothing_can_answer_is_406_before_any_work(client, person_png, tshirt_png):
+    response = tryon(client, person_png, tshirt_png, headers={**auth(), "Accept": "text/html"})
+    error = assert_error(response, 406, "not_acceptable")
+    assert "image/png" in error["message"]
+    assert "x-result-id" not in response.headers
+
+
+def test_a_result_can_be_fetched_as_json(client, person_png, tshirt_png):
+    made = tryon(client, person_png, tshirt_png)
+    assert made.status_code == 200, made.text[:300]
+    fetched = client.get(f"/v1/results/{made.headers['x-result-id']}", headers={**auth(), "Accept": "application/json"})
+    assert fetched.status_code == 200 and fetched.headers["content-type"] == "application/json"
+    body = fetched.json()
+    assert body["result_id"] == made.headers["x-result-id"] and body["content_type"] == "image/png"
+    assert base64.b64decode(body["image_base64"]) == made.content
+
+
+def test_unauthorized_says_how_to_authenticate(client):
+    response = client.get("/v1/results/res_x", headers={"X-User-Id": "robust"})
+    assert_error(response, 401, "unauthorized")
+    assert response.headers["www-authenticate"].startswith("Bearer")
 
 
 def test_someone_elses_upload_id_is_not_found(client, person_png, tshirt_png):

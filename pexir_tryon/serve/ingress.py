@@ -17,17 +17,18 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..backends.base import TryOnJob
+from ..backends.base import MAX_SEED, TryOnJob, check_job_options
 from ..config import Settings
 from ..errors import TryOnError
 from ..images import decode_image, encode_jpeg, encode_png
 from .auth import Caller, authenticate
 from .http_limits import RequestLimitsMiddleware, install_upload_limit, refused_error
-from .schemas import ErrorBody, Health, PurgeResponse, ResultInfo, TryOnResponse, UploadResponse
+from .schemas import ErrorBody, Health, PurgeResponse, ResultDownload, ResultInfo, TryOnResponse, UploadResponse
 
 log = logging.getLogger(__name__)
 
-ERROR_RESPONSES = {status: {"model": ErrorBody} for status in (400, 401, 403, 404, 408, 413, 415, 422, 431, 500, 502, 503, 504)}
+ERROR_RESPONSES = {status: {"model": ErrorBody} for status in (400, 401, 403, 404, 406, 408, 413, 415, 422, 431, 500, 502, 503, 504)}
+FILE_FIELDS = ("person", "garment")
 IMAGE_RESPONSE = {
     200: {
         "content": {"image/png": {}, "image/jpeg": {}, "application/json": {"schema": TryOnResponse.model_json_schema()}},
@@ -47,8 +48,10 @@ app = FastAPI(
 
 
 def error_json(error: TryOnError) -> JSONResponse:
-    headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s else None
-    return JSONResponse(error.to_body(), status_code=error.http_status, headers=headers)
+    headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s else {}
+    if error.code == "unauthorized":
+        headers["WWW-Authenticate"] = 'Bearer realm="pexir-tryon"'
+    return JSONResponse(error.to_body(), status_code=error.http_status, headers=headers or None)
 
 
 @app.exception_handler(TryOnError)
@@ -57,11 +60,18 @@ async def _tryon_error(_: Request, error: TryOnError) -> JSONResponse:
 
 
 @app.exception_handler(RequestValidationError)
-async def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
     first = error.errors()[0] if error.errors() else {}
     field = ".".join(str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header"))
     if field == "category":  # the same code the CLI and the batch job give
         return error_json(TryOnError("unsupported_category", "Unknown category; use one of: upper, lower, dress, auto."))
+    content_type = request.headers.get("content-type", "")
+    if request.method == "POST" and not content_type.startswith("multipart/form-data"):
+        files = " and ".join(f"'{name}'" for name in FILE_FIELDS)
+        return error_json(TryOnError("invalid_request", f"Send the request as multipart/form-data (curl -F), not {content_type.split(';')[0] or 'an empty body'}; "
+                                                        f"photos go in the file fields {files}."))
+    if field in FILE_FIELDS and first.get("type") == "value_error":
+        return error_json(TryOnError("invalid_request", f"Field '{field}': send a file (a multipart part with a filename, curl -F {field}=@photo.jpg), not a text value."))
     return error_json(TryOnError("invalid_request", f"Field '{field or '?'}': {first.get('msg', 'invalid')}."))
 
 
@@ -72,6 +82,12 @@ async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse
         return error_json(cause)
     if error.status_code == 404:
         return error_json(TryOnError("not_found", "No such route; see /docs for the API."))
+    if error.status_code == 405:
+        allow = (error.headers or {}).get("Allow", "")
+        response = error_json(TryOnError("method_not_allowed", f"This route does not take that method; use {allow or 'the one in /docs'}."))
+        if allow:
+            response.headers["Allow"] = allow
+        return response
     return error_json(TryOnError("invalid_request", f"{error.detail}"))
 
 
@@ -94,13 +110,40 @@ def _caller(request: Request) -> Caller:
     )
 
 
-def _wants(request: Request) -> Literal["json", "jpeg", "png"]:
-    accept = request.headers.get("accept", "")
-    if "application/json" in accept:
-        return "json"
-    if "image/jpeg" in accept or "image/jpg" in accept:
-        return "jpeg"
-    return "png"
+MEDIA = {"application/json": "json", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/png": "png", "image/*": "png", "*/*": "png"}
+
+
+def _wants(request: Request, offered: tuple[str, ...] = ("png", "jpeg", "json")) -> str:
+    """The representation the Accept header prefers among `offered` (q-values honoured; PNG when absent)."""
+    accept = request.headers.get("accept", "").strip()
+    if not accept:
+        return "png"
+    best, best_q = None, 0.0
+    for position, item in enumerate(accept.split(",")):
+        media, *params = (part.strip().lower() for part in item.split(";"))
+        q = 1.0
+        for param in params:
+            if param.startswith("q="):
+                try:
+                    q = float(param[2:])
+                except ValueError:
+                    q = 0.0
+        kind = MEDIA.get(media)
+        if kind in offered and q > best_q:  # ties go to the first listed
+            best, best_q = kind, q
+    if best is None:
+        raise TryOnError("not_acceptable", f"This route answers {', '.join(k for k, v in MEDIA.items() if v in offered and '*' not in k)}; "
+                                           "send one of them in Accept, or leave Accept out.")
+    return best
+
+
+async def _refuse_repeated_fields(request: Request) -> None:
+    """A field sent twice (two 'person' files, say) is refused, not silently resolved to one of them."""
+    form = await request.form()  # already parsed for the route's parameters; Starlette keeps it
+    for name in dict.fromkeys(form.keys()):
+        count = len(form.getlist(name))
+        if count > 1:
+            raise TryOnError("invalid_request", f"Field '{name}' was sent {count} times; send it once.")
 
 
 def _serve_request_id() -> str | None:
@@ -182,17 +225,19 @@ class TryOnIngress:
         person: UploadFile | None = File(None, description="Person photo (or give person_upload_id)."),
         person_upload_id: str | None = Form(None, description="An id from POST /v1/uploads, instead of person."),
         category: Literal["upper", "lower", "dress", "auto"] = Form("auto"),
-        seed: int | None = Form(None, ge=0, le=2**32 - 1, description="Refiner seed; the same seed gives the same image."),
-        steps: int | None = Form(None, ge=1, le=200, description="Refiner steps (at most the configured maximum)."),
+        seed: int | None = Form(None, ge=0, le=MAX_SEED, description="Refiner seed; the same seed gives the same image."),
+        steps: int | None = Form(None, ge=1, description="Refiner steps, 1 to the server's refiner.max_steps (50 by default)."),
         save: bool = Form(False, description="Keep the result until deleted instead of expiring it."),
         backend: Literal["local", "alibaba"] | None = Form(None, description="Only where the server allows requests to choose."),
         caller: Caller = Depends(_caller),
     ) -> Response:
         started = time.perf_counter()
+        await _refuse_repeated_fields(request)
         if (person is None) == (person_upload_id is None):
             raise TryOnError("invalid_request", "Send exactly one of 'person' (a file) or 'person_upload_id'.")
-        if steps is not None and steps > self.settings.refiner.max_steps:
-            raise TryOnError("invalid_request", f"Field 'steps': at most {self.settings.refiner.max_steps}.")
+        seed = self.settings.default_seed if seed is None else seed
+        check_job_options(category=category, seed=seed, steps=steps, max_steps=self.settings.refiner.max_steps)
+        wants = _wants(request)  # refuse an unanswerable Accept before the work, not after
         backend_name = self._choose_backend(backend)
         person_image = await self._person_image(caller, person, person_upload_id)
         garment_image = await self._decode(await self._read_upload(garment, "garment"), "garment", keep_alpha=True)
@@ -201,7 +246,7 @@ class TryOnIngress:
         request_id = uuid.uuid4().hex
         job = TryOnJob(
             request_id=request_id, user_id=caller.user_id, person=person_image, garment=garment_image,
-            category=category, seed=self.settings.default_seed if seed is None else seed, steps=steps,
+            category=category, seed=seed, steps=steps,
         )
         await asyncio.to_thread(self.store.begin_request, request_id, caller.user_id, backend_name)
         status, code, timings = "failed", None, {}
@@ -229,7 +274,6 @@ class TryOnIngress:
             "X-Backend": backend_name,
             "Server-Timing": ", ".join(f"{name};dur={seconds * 1000:.1f}" for name, seconds in timings.items()),
         }
-        wants = _wants(request)
         if wants == "json":
             body = TryOnResponse(
                 request_id=request_id, result_id=record.id, expires_at=record.expires_at, saved=record.saved,
@@ -308,12 +352,18 @@ class TryOnIngress:
         record = await asyncio.to_thread(self.store.put_upload, caller.user_id, png, "image/png")
         return UploadResponse(upload_id=record.id, expires_at=record.expires_at)
 
-    @app.get("/v1/results/{result_id}", response_class=Response, responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}, **ERROR_RESPONSES},
+    @app.get("/v1/results/{result_id}", response_class=Response,
+             responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "application/json": {"schema": ResultDownload.model_json_schema()}}}, **ERROR_RESPONSES},
              summary="Download a result")
     async def get_result(self, result_id: str, request: Request, caller: Caller = Depends(_caller)) -> Response:
         record, data = await asyncio.to_thread(self.store.get_result, caller.user_id, result_id)
         headers = {"X-Expires-At": _iso(record.expires_at), "X-Result-Id": record.id}
-        if _wants(request) == "jpeg":
+        wants = _wants(request)
+        if wants == "json":
+            body = ResultDownload(result_id=record.id, request_id=record.request_id, saved=record.saved, expires_at=record.expires_at,
+                              created_at=record.created_at, content_type=record.content_type, image_base64=base64.b64encode(data).decode())
+            return JSONResponse(body.model_dump(mode="json"), headers=headers)
+        if wants == "jpeg":
             image = await self._decode(data, "result")
             return Response(await asyncio.to_thread(encode_jpeg, image), media_type="image/jpeg", headers=headers)
         return Response(data, media_type=record.content_type, headers=headers)
@@ -357,11 +407,11 @@ class TryOnIngress:
 
     # --- health ---------------------------------------------------------------------------------
 
-    @app.get("/healthz", response_model=Health, summary="The process is up")
+    @app.api_route("/healthz", methods=["GET", "HEAD"], response_model=Health, summary="The process is up")
     async def healthz(self) -> Health:
         return Health(status="ok")
 
-    @app.get("/readyz", response_model=Health, responses={503: {"model": ErrorBody}}, summary="Models loaded and stages reachable")
+    @app.api_route("/readyz", methods=["GET", "HEAD"], response_model=Health, responses={503: {"model": ErrorBody}}, summary="Models loaded and stages reachable")
     async def readyz(self):
         stages = {}
         for name, handle in self.stage_handles.items():

@@ -47,6 +47,13 @@ class ResultInfo(BaseModel):
     created_at: datetime
 
 
+class ResultDownload(ResultInfo):
+    """GET /v1/results/{id} with `Accept: application/json`."""
+
+    content_type: str
+    image_base64: str = Field(description="The result image, base64-encoded.")
+
+
 class PurgeResponse(BaseModel):
     user_id: str
     cancelled_requests: int
