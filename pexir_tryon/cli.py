@@ -17,15 +17,32 @@ EXIT_REJECTED = 2
 EXIT_FAILED = 1
 
 
+def check_device(device: str) -> None:
+    """Refuse a device that is not 'auto', 'cpu', 'cuda' or 'cuda:N', or a GPU this machine lacks,
+    before any model is loaded (torch would fail later with a traceback)."""
+    if device in ("auto", "cpu"):
+        return
+    if device != "cuda" and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise TryOnError("invalid_request", f"{device!r} is not a valid device; use auto, cpu, cuda or cuda:N.")
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise TryOnError("invalid_request", f"The device {device!r} is not available: no CUDA GPU is visible; use --device cpu (or auto).")
+    index = int(device[5:]) if device.startswith("cuda:") else 0
+    if index >= count:
+        raise TryOnError("invalid_request", f"The device {device!r} is not available: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}.")
+
+
 def cmd_run(args) -> int:
     from .config import get_settings
-    from .backends.base import CATEGORIES
+    from .backends.base import check_job_options
     from .images import encode_jpeg, encode_png, read_image
     from .pipeline import TryOnPipeline
 
     settings = get_settings()
-    if args.category not in CATEGORIES:
-        raise TryOnError("unsupported_category", f"Unknown category {args.category!r}; use one of: {', '.join(CATEGORIES)}.")
+    check_job_options(category=args.category, seed=args.seed, steps=args.steps, max_steps=settings.refiner.max_steps)
+    check_device(args.device or settings.device)
     out = Path(args.output)
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise TryOnError("invalid_request", f"The output file must end in .png, .jpg or .jpeg, not {out.suffix or 'nothing'!r}.")
@@ -53,25 +70,75 @@ def cmd_samples(args) -> int:
     from .samples import GARMENT_SAMPLES, PERSON_SAMPLES, load_sample
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise TryOnError("invalid_request", f"--out {str(out)!r} is a file, not a folder; name a folder to write the samples into.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # e.g. a parent that is a file, or no permission
+        raise TryOnError("invalid_request", f"Cannot create the folder {str(out)!r} ({exc.strerror or type(exc).__name__}).") from None
     for name in (*PERSON_SAMPLES, *GARMENT_SAMPLES):
         Image.fromarray(load_sample(f"sample:{name}")).save(out / f"{name}.png")
     print(f"wrote {len(PERSON_SAMPLES)} person photos and {len(GARMENT_SAMPLES)} garments to {out}/", file=sys.stderr)
     return 0
 
 
-def cmd_serve(args) -> int:
-    from .serve.launch import serve_forever
+def check_port_range(port: int) -> None:
+    if not 1 <= port <= 65535:
+        raise TryOnError("invalid_request", f"The port {port} is out of range; use --port with a number from 1 to 65535.")
 
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port something already listens on, before Ray starts (Ray Serve would fail much
+    later with a traceback). Best effort: another program may still take it in between."""
+    import errno
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror:
+        raise TryOnError("invalid_request", f"The host {host!r} cannot be resolved; use --host with an address of this machine.") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the HTTP proxy does: TIME_WAIT is not "in use"
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise TryOnError("invalid_request", f"The port {port} on {host} is already in use; pick another with --port.") from None
+            raise TryOnError("invalid_request", f"Cannot listen on {host}:{port} ({exc.strerror}); pick another --host or --port.") from None
+
+
+def cmd_serve(args) -> int:
+    from .config import get_settings
+    from .serve.launch import load_config, serve_forever
+
+    settings = get_settings()
+    if args.port is not None:  # checked first: load_config reads 0 as "unset"
+        check_port_range(args.port)
+    http = load_config(args.config, host=args.host, port=args.port, settings=settings)["http_options"]
+    check_port_range(int(http["port"]))  # the Serve config's own port may be out of range too
+    if not settings.serve.ray_address:  # joining a cluster: the proxy binds on its head node, not here
+        check_port_free(http["host"], int(http["port"]))
     return serve_forever(config_path=args.config, host=args.host, port=args.port)
 
 
+def check_user_id(user_id: str) -> None:
+    """The rule the HTTP API applies to X-User-Id: an id it could never have stored is a typo."""
+    from .serve.auth import USER_ID_PATTERN
+
+    if not USER_ID_PATTERN.fullmatch(user_id):  # fullmatch: its '$' would let a trailing newline through
+        raise TryOnError("invalid_request", "--user must be 1-128 characters of letters, digits and . _ @ : - (as X-User-Id in the HTTP API).")
+
+
 def cmd_purge(args) -> int:
+    import json
+
     from .config import get_settings
     from .store import purge_user_command
 
+    check_user_id(args.user)
     report = purge_user_command(get_settings(), args.user)
-    print(report)
+    # The fields of DELETE /v1/users/{id}, less those only a running server has (cancelled requests, provider items).
+    print(json.dumps({"user_id": args.user, **report.to_json()}))
     return 0
 
 

@@ -314,10 +314,7 @@ def read_image(location: str, limits, *, what: str, keep_alpha: bool) -> np.ndar
     if location.startswith("sample:"):
         from .samples import load_sample
 
-        try:
-            return load_sample(location)
-        except KeyError as exc:
-            raise TryOnError("invalid_request", str(exc.args[0])) from None
+        return load_sample(location, what=what)
     try:
         with fsspec.open(location, "rb") as handle:
             data = handle.read(limits.max_upload_bytes + 1)

@@ -286,3 +286,22 @@ def test_an_unexpected_exception_is_a_failed_row_not_a_dead_actor(tmp_path):
     assert (record["status"], record["error_code"], record["output"]) == ("failed", "internal_error", None)
     assert "RuntimeError" in record["error_message"] and "secret" not in record["error_message"]
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_row_seed_follows_the_same_range_as_http_and_the_cli():
+    from pexir_tryon.backends.base import MAX_SEED
+
+    assert parse_options({"category": "upper", "seed": str(MAX_SEED)}, 0) == ("upper", MAX_SEED)
+    with pytest.raises(TryOnError, match=f"from 0 to {MAX_SEED}"):
+        parse_options({"category": "upper", "seed": str(MAX_SEED + 1)}, 0)
+
+
+def test_an_unknown_sample_in_a_row_is_named_as_the_image_it_stands_for(tmp_path):
+    worker = _worker(tmp_path, _FakeBackend())
+    rows = [{"id": "p", "person": "sample:nobody", "garment": "sample:tshirt", "category": "", "seed": "", "fingerprint": "f"},
+            {"id": "g", "person": "sample:astronaut", "garment": "sample:nothing", "category": "", "seed": "", "fingerprint": "f"}]
+    person, garment = worker._loop.run_until_complete(worker.render_rows(rows))
+    worker.close()
+    assert person["error_code"] == "invalid_request" and "person sample 'nobody'" in person["error_message"]
+    assert "astronaut" in person["error_message"] and "tshirt" not in person["error_message"]
+    assert "garment sample 'nothing'" in garment["error_message"] and "tshirt" in garment["error_message"]

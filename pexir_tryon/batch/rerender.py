@@ -1,7 +1,8 @@
 """`pexir-tryon rerender MANIFEST --out DIR`: a resumable batch re-render on Ray Data.
 
 1. Read the manifest in the driver (ids and locations only) and stop before any work on a
-   manifest-level problem (duplicate ids, missing columns).
+   manifest-level problem (duplicate ids, missing columns) or, for `--backend alibaba`, on a
+   backend that is not configured (no API key, no upload target).
 2. Read `results.jsonl` in `--out`: a row already `done` from the same inputs, seed and backend
    whose `<id>.png` is still there is skipped; every other row (new, failed, changed, output
    gone) is rendered.
@@ -104,6 +105,20 @@ def plan_rows(rows: list[ManifestRow], previous: dict[str, dict], outputs: set[s
     return todo, skipped
 
 
+def check_alibaba_settings(settings) -> None:
+    """Build (and close) the Alibaba backend once in the driver, so a missing API key or upload
+    target is one TryOnError("backend_misconfigured") before Ray starts, not a failure in every actor."""
+    import asyncio
+
+    from ..backends.alibaba import AlibabaCloudBackend
+
+    async def build_and_close() -> None:
+        backend = AlibabaCloudBackend.from_settings(settings)  # its constructor is the configuration check
+        await backend.close()
+
+    asyncio.run(build_and_close())
+
+
 def _ensure_ray(address: str | None, settings) -> bool:
     """Connect to (or start) Ray; True when this call started it (and so must stop it)."""
     import ray
@@ -144,6 +159,8 @@ def run_rerender(
 
         raise TryOnError("invalid_request", "--concurrency must be at least 1.")
     settings = settings or get_settings()
+    if backend == "alibaba":
+        check_alibaba_settings(settings)
     echo = echo or (lambda text: print(text, file=sys.stderr, flush=True))
     started = time.perf_counter()
 

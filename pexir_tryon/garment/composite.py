@@ -35,9 +35,17 @@ def protected_region(geometry: PersonGeometry, person_mask: np.ndarray) -> np.nd
         hand = np.zeros_like(protect)
         cv2.fillConvexPoly(hand, hull, 1)
         radius = int(max(3, 0.6 * reach + 0.04 * scale))
-        hand = cv2.dilate(hand, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1)))
-        protect |= hand & (person_mask > 127)
+        protect |= dilate_disk(hand.astype(bool), radius) & (person_mask > 127)
     return protect.astype(bool)
+
+
+def dilate_disk(mask: np.ndarray, radius: int) -> np.ndarray:
+    """`mask` (bool) grown by a disk of `radius` px. A distance transform costs the same at any
+    radius; a dilation with an elliptical kernel grows with its area (33 s for a 4096 px photo)."""
+    if radius <= 0 or not mask.any():
+        return mask.copy()
+    distance = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)
+    return distance <= radius
 
 
 def _body_scale(geometry: PersonGeometry) -> float:
@@ -61,7 +69,7 @@ def composite(
     height, width = person.shape[:2]
     person_mask = geometry.person_mask_at(height, width)
     margin = max(1, int(round(settings.person_margin_px / max(working_scale, 1e-6))))
-    allowed = cv2.dilate((person_mask > 127).astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1,) * 2)) > 0
+    allowed = dilate_disk(person_mask > 127, margin)
     protect = protected_region(geometry, person_mask)
 
     alpha = garment_alpha.astype(np.float32) * allowed
@@ -78,7 +86,7 @@ def composite(
 
     placed = alpha > 0.5
     seam = max(1, int(round(settings.refine_seam_px / max(working_scale, 1e-6))))
-    refine = cv2.dilate((alpha > 0.02).astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * seam + 1,) * 2)) > 0
+    refine = dilate_disk(alpha > 0.02, seam)
     refine &= allowed & ~protect
     return np.ascontiguousarray(out), refine.astype(np.uint8) * 255, placed.astype(np.uint8) * 255
 
