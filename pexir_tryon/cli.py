@@ -164,7 +164,7 @@ def cmd_bench(args) -> int:
     script = next((path for path in candidates if path.is_file()), None)
     if script is None:
         print(
-            "error[benchmarks_not_found]: the benchmark programs are not installed with the package; run "
+            "pexir-tryon bench: the benchmark programs are not installed with the package; run "
             "`pexir-tryon bench` from a checkout of the pexir-tryon repository (pip install -e .), "
             "or `python benchmarks/run_all.py` there.",
             file=sys.stderr,
