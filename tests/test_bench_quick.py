@@ -132,7 +132,7 @@ def test_cli_bench_without_the_benchmarks_folder_says_so(monkeypatch, tmp_path, 
     monkeypatch.chdir(tmp_path)
     args = cli.build_parser().parse_args(["bench", "--quick"])
     assert cli.cmd_bench(args) == cli.EXIT_FAILED
-    assert "benchmarks_not_found" in capsys.readouterr().err
+    assert "the benchmark programs are not installed" in capsys.readouterr().err
 
 
 def test_report_uses_the_newer_of_the_owners_file_and_the_suites_copy(tmp_path):
