@@ -350,6 +350,12 @@ def test_two_person_files_are_refused_not_resolved_to_one(client, person_png, ts
     assert "'person' was sent 2 times" in error["message"]
 
 
+def test_an_upload_of_two_person_files_is_refused(client, person_png):
+    files = [("person", ("a.png", person_png, "image/png")), ("person", ("b.png", person_png, "image/png"))]
+    error = assert_error(client.post("/v1/uploads", files=files, headers=auth()), 422, "invalid_request")
+    assert "'person' was sent 2 times" in error["message"]
+
+
 def test_a_form_urlencoded_body_is_told_to_send_multipart(client):
     error = assert_error(client.post("/v1/tryon", data={"person": "x", "garment": "y"}, headers=auth()), 422, "invalid_request")
     assert "multipart/form-data" in error["message"]

@@ -346,7 +346,8 @@ class TryOnIngress:
     # --- uploads and results -----------------------------------------------------------------
 
     @app.post("/v1/uploads", response_model=UploadResponse, responses=ERROR_RESPONSES, summary="Keep a person photo for reuse with several garments")
-    async def upload(self, person: UploadFile = File(...), caller: Caller = Depends(_caller)) -> UploadResponse:
+    async def upload(self, request: Request, person: UploadFile = File(...), caller: Caller = Depends(_caller)) -> UploadResponse:
+        await _refuse_repeated_fields(request)
         image = await self._decode(await self._read_upload(person, "person"), "person")
         png = await asyncio.to_thread(encode_png, image)
         record = await asyncio.to_thread(self.store.put_upload, caller.user_id, png, "image/png")
