@@ -58,7 +58,7 @@ class RefinerSettings(BaseModel):
     max_steps: int = Field(50, ge=1, le=200, description="Largest 'steps' a request may ask for.")
     strength: float = Field(0.55, gt=0, le=1, description="How far the refiner may move from the composite (moderate keeps garment colours).")
     guidance_scale: float = Field(1.0, ge=0, description="Classifier-free guidance; 1.0 disables the unconditional pass.")
-    colour_lock: float = Field(1.0, ge=0, le=1, description="How far the refined garment region's colour (Lab mean, a/b spread) is moved back to the composite's; 0 = off.")
+    colour_lock: float = Field(1.0, ge=0, le=1, description="How far the refined garment region's broad colour and light are moved back to the composite's (fine detail stays); 0 = off.")
     prompt: str = Field("a photo of a person wearing the garment, natural light, detailed fabric", description="Text conditioning, encoded once at load time.")
     resolution: int = Field(512, ge=64, description="The refiner works with the crop's longest side scaled to this (a multiple of 8).")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU.")

@@ -97,26 +97,17 @@ def draw_garment(kind: str, *, colour=(200, 40, 50), pattern: str | None = None,
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def check_sample(location: str, what: str | None = None) -> None:
-    """Refuse `sample:<name>` when there is no such sample, listing the ones of that kind.
-
-    `what` ("person" or "garment") is the image the sample stands for, so the message names the
-    right argument; any sample may stand for either (a person photo as a "garment" is how the
-    garment_photo_has_person check is tried). Other locations pass unchecked."""
-    if not location.startswith("sample:"):
-        return
-    name = location.split(":", 1)[1]
-    if name in PERSON_SAMPLES or name in GARMENT_SAMPLES:
-        return
-    choices = {"person": PERSON_SAMPLES, "garment": GARMENT_SAMPLES}.get(what or "", (*PERSON_SAMPLES, *GARMENT_SAMPLES))
-    kind = f"{what} sample" if what in ("person", "garment") else "sample"
-    raise TryOnError("invalid_request", f"Unknown {kind} {name!r}; choose from {', '.join(choices)}.")
-
-
 def load_sample(spec: str, what: str | None = None) -> np.ndarray:
-    """'sample:astronaut' or 'sample:tshirt' → the image; `what` only words the error (see check_sample)."""
-    check_sample(spec, what)
+    """'sample:astronaut' or 'sample:tshirt' → the image.
+
+    `what` ("person" or "garment") only words the error for an unknown name, listing the samples of
+    that kind; any sample may stand for either (a person photo as a "garment" is how the
+    garment_photo_has_person check is tried)."""
     name = spec.split(":", 1)[1]
+    if name not in PERSON_SAMPLES and name not in GARMENT_SAMPLES:
+        choices = {"person": PERSON_SAMPLES, "garment": GARMENT_SAMPLES}.get(what or "", (*PERSON_SAMPLES, *GARMENT_SAMPLES))
+        kind = f"{what} sample" if what in ("person", "garment") else "sample"
+        raise TryOnError("invalid_request", f"Unknown {kind} {name!r}; choose from {', '.join(choices)}.")
     if name in PERSON_SAMPLES:
         return person_sample(name)
     return garment_sample(name)

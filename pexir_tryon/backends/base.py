@@ -14,13 +14,17 @@ CATEGORIES: tuple[str, ...] = ("upper", "lower", "dress", "auto")
 MAX_SEED = 2**32 - 1  # the same range on every entry point: HTTP, CLI, re-render manifests
 
 
-def check_job_options(*, category: str, seed: int, steps: int | None, max_steps: int) -> None:
+def check_job_options(*, category: str, seed: int, steps: int | None = None, max_steps: int | None = None) -> None:
     """Refuse options no backend can run, with the message every entry point shows (HTTP, CLI, batch)."""
     if category not in CATEGORIES:
         raise TryOnError("unsupported_category", f"Unknown category {category!r}; use one of: {', '.join(CATEGORIES)}.")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise TryOnError("invalid_request", f"The seed must be a whole number from 0 to {MAX_SEED}, not {seed!r}.")
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= max_steps):
+    if steps is None:
+        return
+    if max_steps is None:
+        raise ValueError("check_job_options: steps were given without max_steps")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= max_steps:
         raise TryOnError("invalid_request", f"The steps must be a whole number from 1 to {max_steps} (refiner.max_steps), not {steps!r}.")
 
 

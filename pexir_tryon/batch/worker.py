@@ -37,8 +37,7 @@ def parse_options(row: dict, default_seed: int) -> tuple[str, int]:
             seed = int(text)
         except ValueError:
             raise TryOnError("invalid_request", f"The seed {text[:40]!r} is not a whole number.") from None
-    # Manifests have no steps column, so max_steps is never consulted.
-    check_job_options(category=category, seed=seed, steps=None, max_steps=1)
+    check_job_options(category=category, seed=seed)  # manifests have no steps column
     return category, seed
 
 

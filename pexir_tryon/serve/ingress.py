@@ -113,13 +113,13 @@ def _caller(request: Request) -> Caller:
 MEDIA = {"application/json": "json", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/png": "png", "image/*": "png", "*/*": "png"}
 
 
-def _wants(request: Request, offered: tuple[str, ...] = ("png", "jpeg", "json")) -> str:
-    """The representation the Accept header prefers among `offered` (q-values honoured; PNG when absent)."""
+def _wants(request: Request) -> str:
+    """"png", "jpeg" or "json": what the Accept header prefers (q-values honoured; PNG when absent)."""
     accept = request.headers.get("accept", "").strip()
     if not accept:
         return "png"
     best, best_q = None, 0.0
-    for position, item in enumerate(accept.split(",")):
+    for item in accept.split(","):
         media, *params = (part.strip().lower() for part in item.split(";"))
         q = 1.0
         for param in params:
@@ -129,10 +129,10 @@ def _wants(request: Request, offered: tuple[str, ...] = ("png", "jpeg", "json"))
                 except ValueError:
                     q = 0.0
         kind = MEDIA.get(media)
-        if kind in offered and q > best_q:  # ties go to the first listed
+        if kind is not None and q > best_q:  # ties go to the first listed
             best, best_q = kind, q
     if best is None:
-        raise TryOnError("not_acceptable", f"This route answers {', '.join(k for k, v in MEDIA.items() if v in offered and '*' not in k)}; "
+        raise TryOnError("not_acceptable", f"This route answers {', '.join(k for k in MEDIA if '*' not in k)}; "
                                            "send one of them in Accept, or leave Accept out.")
     return best
 
@@ -143,7 +143,7 @@ async def _refuse_repeated_fields(request: Request) -> None:
     for name in dict.fromkeys(form.keys()):
         count = len(form.getlist(name))
         if count > 1:
-            raise TryOnError("invalid_request", f"Field '{name}' was sent {count} times; send it once.")
+            raise TryOnError("invalid_request", f"Field {name[:40]!r} was sent {count} times; send it once.")
 
 
 def _serve_request_id() -> str | None:
